@@ -1,0 +1,81 @@
+"""The typer app and what every command shares: error handling, logging, JSON output.
+
+Command modules (``data_cmd``, ``eval_cmd``...) register themselves on :data:`app`. They only
+compose stage functions; no stage module imports the CLI.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from ..errors import EmbedtuneError
+
+app = typer.Typer(
+    name="embedtune",
+    help="Fine-tune a retrieval embedding model for your domain: mine -> train -> index -> eval -> export.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+# Human-readable output goes to stderr so that with --json the last stdout line is the JSON object.
+console = Console(stderr=True)
+
+MODEL_HELP = "Model: a local sentence-transformers folder, a Hugging Face id, or 'minilm' (packaged all-MiniLM-L6-v2)."
+
+
+def setup_logging(verbose: bool = False) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    level = logging.DEBUG if verbose else logging.INFO
+    logger = logging.getLogger("embedtune")
+    if not logger.handlers:
+        logger.addHandler(RichHandler(console=console, show_path=False, show_time=False, markup=False))
+    logger.setLevel(level)
+    logger.propagate = False
+    for noisy in ("sentence_transformers", "transformers", "datasets", "faiss", "numba", "httpx", "bm25s"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def emit_json(obj: Any) -> None:
+    """Print one JSON object as the last line of stdout (for scripts and CI)."""
+    sys.stdout.write(json.dumps(obj, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def _json_default(o: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:
+        pass
+    return str(o)
+
+
+def command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a command: user errors become one red line and their exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        setup_logging(kwargs.get("verbose", False) or False)
+        try:
+            return fn(*args, **kwargs)
+        except EmbedtuneError as err:
+            console.print(f"[bold red]error:[/] {err}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(err.exit_code) from None
+        except KeyboardInterrupt:
+            console.print("[bold red]interrupted[/] -- completed artifacts are kept; re-run the same command to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper

@@ -1,0 +1,66 @@
+"""`embedtune data inspect|download`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..errors import NotBuiltError
+from .app import MODEL_HELP, app, command, console, emit_json
+
+data_app = typer.Typer(help="Look at datasets before training on them.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("inspect")
+@command
+def inspect_command(
+    path: Path = typer.Argument(..., help="BEIR folder, corpus (.jsonl/.csv/.parquet/folder of .txt/.md) or pairs .jsonl."),
+    model: str = typer.Option("minilm", "--model", "-m", help=MODEL_HELP + " Its tokenizer measures lengths."),
+    max_length: int = typer.Option(None, "--max-length", help="Token limit to check truncation against (default: the model's)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Counts, token-length statistics, duplicates and what the model would truncate."""
+    from ..inspection import inspect_path
+    from ..models import load_tokenizer
+
+    tokenizer, model_max = load_tokenizer(model)
+    summary = inspect_path(path, tokenizer, max_length or model_max)
+    _print_summary(summary)
+    if as_json:
+        emit_json(summary)
+
+
+def _print_summary(s: dict) -> None:
+    table = Table(title=f"{s['kind']}: {s['path']}", show_header=True)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    if "corpus" in s:
+        c = s["corpus"]
+        table.add_row("documents", f"{c['documents']:,}")
+        table.add_row("duplicate texts", f"{c['duplicate_texts']:,}")
+        t = c["tokens"]
+        table.add_row("doc tokens mean / p50 / p90 / max", f"{t['mean']:.0f} / {t['p50']:.0f} / {t['p90']:.0f} / {t['max']:,}")
+        table.add_row(f"docs truncated at {c['max_length']} tokens", f"{c['truncated_at_max_length']:,} ({c['truncated_tokens']:,} tokens lost)")
+    if "queries" in s:
+        q = s["queries"]
+        table.add_row("queries", f"{q['count']:,}")
+        table.add_row("query tokens mean / max", f"{q['tokens']['mean']:.1f} / {q['tokens']['max']}")
+        for split, info in s.get("splits", {}).items():
+            table.add_row(f"split '{split}'", f"{info['queries']:,} queries with qrels, {info['judgements']:,} judgements, scores {info['scores']}")
+    if s["kind"] == "pairs":
+        table.add_row("pairs", f"{s['pairs']:,}")
+        table.add_row("unique queries", f"{s['unique_queries']:,}")
+        table.add_row("pairs with negatives", f"{s['with_negatives']:,}")
+        table.add_row("positives truncated", f"{s['positives_truncated_at_max_length']:,}")
+    console.print(table)
+
+
+@data_app.command("download", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@command
+def download_command() -> None:
+    """(not built yet) Fetch a public BEIR dataset into data/."""
+    raise NotBuiltError("'embedtune data download' is not built yet")

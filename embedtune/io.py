@@ -1,0 +1,112 @@
+"""Atomic file writes and content hashes.
+
+Every artifact is written to a temporary file in the same folder and then renamed over the
+target (``os.replace`` is atomic on POSIX), so a killed run leaves either the old file or the
+new one, never half of one. Temp files carry a ``.tmp-`` prefix so they can be found and removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+TMP_PREFIX = ".tmp-"
+
+
+def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    return _atomic(path, lambda fh: fh.write(data), "wb")
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_write_jsonl(path: Path, rows: Iterable[dict]) -> Path:
+    def write(fh):
+        for row in rows:
+            fh.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    return _atomic(path, write, "wb")
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> Path:
+    return _atomic(path, lambda fh: np.save(fh, array, allow_pickle=False), "wb")
+
+
+def atomic_write_with(path: Path, writer: Callable[[Path], None]) -> Path:
+    """Let ``writer`` write to a temp path (for libraries that want a filename), then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    os.close(fd)
+    try:
+        writer(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def remove_stale_temp_files(folder: Path) -> int:
+    """Delete temp files a killed run left behind; returns how many."""
+    n = 0
+    folder = Path(folder)
+    if folder.is_dir():
+        for p in folder.rglob(TMP_PREFIX + "*"):
+            if p.is_file():
+                p.unlink()
+                n += 1
+    return n
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_text(*parts: str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()
