@@ -56,7 +56,7 @@ def inspect_path(path: str | Path, tokenizer: Any, max_length: int) -> dict[str,
         docs = load_corpus(path)
         summary: dict[str, Any] = {"kind": "beir", "path": str(path), "corpus": _corpus_summary(docs, tokenizer, max_length)}
         queries_path = path / "queries.jsonl"
-        if queries_path.is_file():
+        if queries_path.is_file() or beir_splits(path):  # qrels without queries is an error
             queries = load_queries(queries_path)
             qlen = token_lengths(list(queries.values()), tokenizer)
             summary["queries"] = {"count": len(queries), "tokens": _length_stats(qlen)}

@@ -1,0 +1,46 @@
+"""Model resolution: local folders, the packaged alias, fingerprints."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from embedtune.config import ModelConfig
+from embedtune.models import load_model, model_fingerprint, model_info, resolve_model_path
+
+
+def test_fingerprint_changes_with_weights(tiny_model_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    assert model_fingerprint(copy) == model_fingerprint(tiny_model_dir)
+    weights = next(copy.rglob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert model_fingerprint(copy) != model_fingerprint(tiny_model_dir)
+
+
+def test_trust_remote_code_off_by_default(tiny_model_dir):
+    assert ModelConfig().trust_remote_code is False
+    model = load_model(tiny_model_dir)
+    info = model_info(ModelConfig(name=tiny_model_dir, query_prompt="query: "), model)
+    assert info["dim"] == 32 and info["query_prompt"] == "query: " and len(info["sha256"]) == 64
+
+
+def test_missing_local_folder_is_clear(tmp_path):
+    from embedtune.errors import ModelError
+
+    with pytest.raises(ModelError, match="model folder not found"):
+        resolve_model_path(str(tmp_path / "nope"))
+
+
+@pytest.mark.slow
+def test_packaged_minilm_alias():
+    model = load_model("minilm")
+    assert model.get_embedding_dimension() == 384 and model.max_seq_length == 256
+    emb = model.encode(["vitamin d and cancer", "vitamin d lowers cancer risk", "python list sort"], normalize_embeddings=True)
+    sims = emb @ emb.T
+    assert sims[0, 1] > sims[0, 2] + 0.2  # real weights, not random
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
