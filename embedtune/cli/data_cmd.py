@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..errors import NotBuiltError
+from ..corpus import beir_splits
 from .app import MODEL_HELP, app, command, console, emit_json
 
 data_app = typer.Typer(help="Look at datasets before training on them.", no_args_is_help=True)
@@ -59,8 +59,21 @@ def _print_summary(s: dict) -> None:
     console.print(table)
 
 
-@data_app.command("download", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@data_app.command("download")
 @command
-def download_command() -> None:
-    """(not built yet) Fetch a public BEIR dataset into data/."""
-    raise NotBuiltError("'embedtune data download' is not built yet")
+def download_command(
+    name: str = typer.Argument(..., help="BEIR dataset name, e.g. scifact, nfcorpus, fiqa."),
+    dest: Path = typer.Option(Path("data"), "--dest", help="Folder that receives <dest>/<name>/."),
+    url: str = typer.Option(None, "--url", help="Zip URL (default: the public BEIR mirror)."),
+    sha256: str = typer.Option(None, "--sha256", help="Expected sha256 of the zip; checked when given."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Download a public BEIR dataset (needs internet), verify it, and unpack it in BEIR layout."""
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    from ..download import download_beir
+
+    with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), console=console) as bar:
+        task = bar.add_task(f"downloading {name}", total=None)
+        folder = download_beir(name, dest, url=url, sha256=sha256, progress=lambda done, total: bar.update(task, completed=done, total=total or None))
+    console.print(f"[green]ready:[/] {folder} (splits: {', '.join(beir_splits(folder))})")
