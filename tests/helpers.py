@@ -32,3 +32,24 @@ def write_beir(folder: Path, docs=DOCS, queries=QUERIES, qrels=QRELS, newline: s
             for q, d, s in rows:
                 fh.write(f"{q}\t{d}\t{s}{newline}")
     return folder
+
+
+def write_synthetic_beir(folder: Path, n_docs: int = 60, n_train: int = 40, n_test: int = 12, seed: int = 0) -> Path:
+    """A BEIR folder of random documents from the tiny vocabulary; each query is a few words of its
+    document, so retrieval is learnable but not trivial for a random model."""
+    import random
+
+    from tiny_models import VOCAB_WORDS
+
+    rng = random.Random(seed)
+    words = [w for w in VOCAB_WORDS if len(w) > 3]
+    docs, queries, train, test = {}, {}, [], []
+    for i in range(n_docs):
+        body = " ".join(rng.choice(words) for _ in range(rng.randint(12, 30)))
+        docs[f"d{i}"] = (f"doc {i}", body)
+        if i < n_train + n_test:
+            toks = body.split()
+            start = rng.randrange(0, len(toks) - 4)
+            queries[f"q{i}"] = " ".join(toks[start : start + 4])
+            (train if i < n_train else test).append((f"q{i}", f"d{i}", 1))
+    return write_beir(folder, docs, queries, {"train": train, "test": test})

@@ -1,11 +1,88 @@
-"""`embedtune eval` -- not built yet."""
+"""`embedtune eval`: BEIR metrics for one or more models (and BM25), side by side."""
 
-from ..errors import NotBuiltError
-from .app import app, command
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from .app import MODEL_HELP, app, command, console, emit_json
 
 
-@app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command("eval")
 @command
-def eval_command() -> None:
-    """(not built yet) -- see the project's open issues."""
-    raise NotBuiltError("'embedtune eval' is not built yet")
+def eval_command(
+    models: List[str] = typer.Option([], "--model", "-m", help=MODEL_HELP + " Repeat to compare; the first is the baseline."),
+    labels: List[str] = typer.Option([], "--label", help="Display name of each --model, in order."),
+    data: str = typer.Option(None, "--data", "-d", help="BEIR folder or name (looked up in ./data and ../shared/datasets)."),
+    split: str = typer.Option(None, "--split", help="Qrels split to evaluate [default: test]."),
+    bm25: bool = typer.Option(None, "--bm25/--no-bm25", help="Also evaluate BM25 (bm25s)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run folder for metrics.json, report.md and plots [default: runs/eval-<time>]."),
+    config: Path = typer.Option(None, "--config", "-c", help="YAML with EvalConfig keys; flags override it."),
+    query_prompt: str = typer.Option(None, "--query-prompt", help="Prefix for queries (all models), e.g. 'query: '."),
+    document_prompt: str = typer.Option(None, "--document-prompt", help="Prefix for documents (all models), e.g. 'passage: '."),
+    max_seq_length: int = typer.Option(None, "--max-seq-length", help="Token limit of the models."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Encoding batch size."),
+    precision: str = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16 (CUDA)."),
+    device: str = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow models that ship their own code."),
+    top_k: int = typer.Option(None, "--top-k", help="Results per query [default: 1000]."),
+    skip_unknown_ids: bool = typer.Option(None, "--skip-unknown-ids", help="Drop qrels rows with unknown ids (counted in the report)."),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="Embedding cache [default: ~/.cache/embedtune/embeddings or $EMBEDTUNE_CACHE]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace results of another config in --out."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (all metrics, deltas, p-values) as the last stdout line."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Evaluate models (and BM25) on a BEIR benchmark; deltas and paired significance tests vs the first."""
+    from ..config import deep_merge, load_config, read_yaml
+    from ..evaluation import EvalConfig
+    from ..evaluation_report import run_evaluation
+
+    base = read_yaml(config) if config else {}
+    model_over = {"query_prompt": query_prompt, "document_prompt": document_prompt, "max_seq_length": max_seq_length,
+                  "batch_size": batch_size, "precision": precision, "device": device,
+                  "trust_remote_code": trust_remote_code or None}
+    if models:
+        base["models"] = [deep_merge({"name": m}, model_over) for m in models]
+    else:
+        base["models"] = [deep_merge(m, model_over) for m in base.get("models", [])]
+    overrides = {"data": data, "split": split, "bm25": bm25, "top_k": top_k, "skip_unknown_ids": skip_unknown_ids,
+                 "cache_dir": str(cache_dir) if cache_dir else None, "labels": labels or None}
+    cfg = load_config(EvalConfig, None, deep_merge(base, overrides))
+    out = out or Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S")
+    t0 = time.perf_counter()
+    result = run_evaluation(cfg, out, overwrite=overwrite, show_progress=not as_json)
+    print_table(result["summary"])
+    note = " (unchanged results, reused)" if result["skipped"] else ""
+    console.print(f"report: {out}/report.md{note}  [{time.perf_counter() - t0:.1f} s]")
+    if as_json:
+        summary = dict(result["summary"])
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        summary["out"] = str(out)
+        emit_json(summary)
+
+
+def print_table(summary: dict) -> None:
+    from ..evaluation import METRICS
+
+    names = list(summary["models"])
+    table = Table(title=f"{summary['dataset']} / {summary['split']} ({summary['queries']} queries)")
+    table.add_column("metric")
+    for n in names:
+        table.add_column(n, justify="right")
+    for n in names[1:]:
+        table.add_column(f"Δ {n}", justify="right")
+        table.add_column("p", justify="right")
+    for m in METRICS:
+        row = [m] + [f"{summary['models'][n][m]:.4f}" for n in names]
+        for n in names[1:]:
+            d = summary["deltas"][n][m]
+            style = "green" if d["delta"] > 0 and d["p_value"] < 0.05 else "red" if d["delta"] < 0 and d["p_value"] < 0.05 else ""
+            row += [f"[{style}]{d['delta']:+.4f}[/]" if style else f"{d['delta']:+.4f}", f"{d['p_value']:.3f}"]
+        table.add_row(*row)
+    console.print(table)
+    for n, wtl in summary.get("wins_ties_losses", {}).items():
+        console.print(f"{n} vs {names[0]}, per-query ndcg@10: {wtl['wins']} wins / {wtl['ties']} ties / {wtl['losses']} losses")

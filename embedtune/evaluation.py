@@ -1,0 +1,258 @@
+"""BEIR-style retrieval evaluation of one or more models (and BM25) on the same queries.
+
+Metrics come from pytrec_eval exactly as beir's ``EvaluateRetrieval.evaluate`` computes them
+(graded qrels; a query's own id removed from its results). MRR@10 is computed here the way
+beir's ``evaluate_custom(..., "mrr")`` does, because beir only returns its mean and the paired
+tests need it per query. Retrieval is exact top-k through ``embedtune.search.exact_search``
+(blocks of queries, never a full query x corpus matrix).
+
+The first system is the baseline. Every later system gets, per metric, the mean delta, the
+p-value of a paired randomization test over queries and a bootstrap 95% CI of the delta, plus
+wins / ties / losses in nDCG@10 per query.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from pydantic import Field
+
+from .config import ModelConfig, StrictModel
+from .corpus import BeirDataset, load_beir, parse_benchmark_source
+from .errors import ConfigError
+
+log = logging.getLogger("embedtune")
+
+NDCG_K = (1, 3, 5, 10, 100)
+MAP_K = (10, 100)
+RECALL_K = (1, 5, 10, 100, 1000)
+P_K = (1, 10)
+MRR_K = 10
+METRICS = (
+    [f"ndcg@{k}" for k in NDCG_K] + [f"map@{k}" for k in MAP_K] + [f"recall@{k}" for k in RECALL_K]
+    + [f"p@{k}" for k in P_K] + [f"mrr@{MRR_K}"]
+)
+HEADLINE = "ndcg@10"
+
+
+class EvalConfig(StrictModel):
+    """Settings of ``embedtune eval``."""
+
+    data: str = Field(..., description="BEIR folder or name (./data, ../shared/datasets).")
+    split: str = "test"
+    models: list[ModelConfig] = Field(default_factory=list, description="Models to compare; the first is the baseline.")
+    labels: list[str] | None = Field(None, description="Display names of the models (default: from their names).")
+    bm25: bool = Field(False, description="Add BM25 (bm25s) as a system.")
+    top_k: int = Field(1000, gt=0, description="Results retrieved per query (recall@1000 needs 1000).")
+    permutations: int = Field(10000, ge=100, description="Paired randomization test permutations / bootstrap resamples.")
+    seed: int = 0
+    skip_unknown_ids: bool = Field(False, description="Drop qrels rows naming unknown query/document ids (reported).")
+    cache_dir: str | None = Field(None, description="Embedding cache folder; default ~/.cache/embedtune/embeddings.")
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def compute_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]], *, ignore_identical_ids: bool = True) -> dict[str, dict[str, float]]:
+    """Per-query metrics: ``{metric: {query_id: value}}`` for every metric in :data:`METRICS`.
+
+    Queries of ``qrels`` missing from ``run`` score 0 (beir would silently skip them).
+    """
+    import pytrec_eval
+
+    if ignore_identical_ids:
+        run = {qid: {d: s for d, s in docs.items() if d != qid} for qid, docs in run.items()}
+    measures = {
+        "ndcg_cut." + ",".join(map(str, NDCG_K)),
+        "map_cut." + ",".join(map(str, MAP_K)),
+        "recall." + ",".join(map(str, RECALL_K)),
+        "P." + ",".join(map(str, P_K)),
+    }
+    evaluator = pytrec_eval.RelevanceEvaluator(qrels, measures)
+    scores = evaluator.evaluate({qid: run.get(qid, {}) for qid in qrels})
+    names = {f"ndcg@{k}": f"ndcg_cut_{k}" for k in NDCG_K}
+    names |= {f"map@{k}": f"map_cut_{k}" for k in MAP_K}
+    names |= {f"recall@{k}": f"recall_{k}" for k in RECALL_K}
+    names |= {f"p@{k}": f"P_{k}" for k in P_K}
+    out: dict[str, dict[str, float]] = {m: {} for m in METRICS}
+    for qid in qrels:
+        per = scores.get(qid, {})
+        for ours, theirs in names.items():
+            out[ours][qid] = float(per.get(theirs, 0.0))
+        relevant = {d for d, s in qrels[qid].items() if s > 0}
+        top = sorted(run.get(qid, {}).items(), key=lambda kv: kv[1], reverse=True)[:MRR_K]
+        out[f"mrr@{MRR_K}"][qid] = next((1.0 / (r + 1) for r, (d, _) in enumerate(top) if d in relevant), 0.0)
+    return out
+
+
+def mean_metrics(per_query: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {m: float(np.mean(list(v.values()))) if v else 0.0 for m, v in per_query.items()}
+
+
+# --------------------------------------------------------------------------- significance
+
+
+def paired_randomization_test(a: Sequence[float], b: Sequence[float], *, permutations: int = 10000, seed: int = 0) -> dict[str, Any]:
+    """Two-sided paired randomization (sign-flip) test of mean(b - a), and a bootstrap 95% CI.
+
+    With 16 or fewer queries every sign assignment is enumerated, so the p-value is exact.
+    p = (#{|mean of flipped deltas| >= |observed|} + 1) / (#assignments + 1) for sampled flips.
+    """
+    d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
+    n = d.size
+    if n == 0:
+        raise ConfigError("no queries to compare")
+    observed = d.mean()
+    tol = 1e-12
+    rng = np.random.default_rng(seed)
+    if not np.any(np.abs(d) > tol):
+        p = 1.0
+    elif n <= 16:
+        signs = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1) * 2 - 1
+        means = (signs * d).mean(axis=1)
+        p = float(np.mean(np.abs(means) >= abs(observed) - tol))
+    else:
+        hits = 0
+        done = 0
+        while done < permutations:
+            m = min(1000, permutations - done)
+            signs = rng.integers(0, 2, size=(m, n), dtype=np.int8) * 2 - 1
+            hits += int(np.sum(np.abs((signs * d).mean(axis=1)) >= abs(observed) - tol))
+            done += m
+        p = (hits + 1) / (permutations + 1)
+    boot = []
+    for start in range(0, permutations, 1000):
+        m = min(1000, permutations - start)
+        idx = rng.integers(0, n, size=(m, n))
+        boot.append(d[idx].mean(axis=1))
+    boot_all = np.concatenate(boot)
+    lo, hi = np.percentile(boot_all, [2.5, 97.5])
+    return {"delta": float(observed), "p_value": float(p), "ci95": [float(lo), float(hi)]}
+
+
+def wins_ties_losses(a: dict[str, float], b: dict[str, float], tol: float = 1e-9) -> dict[str, int]:
+    diffs = [b[q] - a[q] for q in a]
+    return {"wins": sum(x > tol for x in diffs), "ties": sum(abs(x) <= tol for x in diffs), "losses": sum(x < -tol for x in diffs)}
+
+
+def compare(baseline: dict[str, dict[str, float]], system: dict[str, dict[str, float]], *, permutations: int, seed: int) -> dict[str, Any]:
+    qids = sorted(baseline[HEADLINE])
+    out: dict[str, Any] = {"metrics": {}}
+    for metric in METRICS:
+        a = [baseline[metric][q] for q in qids]
+        b = [system[metric][q] for q in qids]
+        out["metrics"][metric] = paired_randomization_test(a, b, permutations=permutations, seed=seed)
+    out[f"{HEADLINE}_per_query"] = wins_ties_losses(baseline[HEADLINE], system[HEADLINE])
+    return out
+
+
+# --------------------------------------------------------------------------- retrieval
+
+
+def dense_run(model_cfg: ModelConfig, ds: BeirDataset, *, top_k: int, cache_dir: str | None, show_progress: bool = True) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Retrieve ``top_k`` documents per query with a dense model; returns (run, info)."""
+    from .encoding import model_device, cache_path, encode_corpus, encode_queries, resolve_precision
+    from .models import load_model, model_info
+    from .search import exact_search
+
+    model = load_model(model_cfg)
+    doc_ids = list(ds.corpus)
+    texts = [ds.corpus[d].full_text for d in doc_ids]
+    t0 = time.perf_counter()
+    cached = cache_path(model, model_cfg, doc_ids, texts, cache_dir).is_file()
+    docs = encode_corpus(model, model_cfg, doc_ids, texts, cache_dir=cache_dir, show_progress=show_progress)
+    encode_s = time.perf_counter() - t0
+    qids = list(ds.queries)
+    # cached too: the benchmark's queries are fixed, and re-running an evaluation should encode nothing
+    queries = encode_queries(model, model_cfg, qids, [ds.queries[q] for q in qids], cache_dir=cache_dir)
+    t1 = time.perf_counter()
+    # one extra result so that dropping a query's own id still leaves top_k (as beir does)
+    scores, idx = exact_search(queries, docs, min(top_k + 1, len(doc_ids)))
+    search_s = time.perf_counter() - t1
+    run = {qid: _top({doc_ids[j]: float(s) for s, j in zip(scores[i], idx[i])}, qid, top_k) for i, qid in enumerate(qids)}
+    info = {
+        "kind": "dense",
+        "model": model_info(model_cfg, model),
+        "precision": resolve_precision(model_cfg.precision, model_device(model)),
+        "corpus_from_cache": cached,
+        "corpus_encode_seconds": round(encode_s, 3),
+        "docs_per_second": None if cached else round(len(doc_ids) / max(encode_s, 1e-9), 1),
+        "search_seconds": round(search_s, 3),
+    }
+    return run, info
+
+
+def _top(results: dict[str, float], qid: str, k: int) -> dict[str, float]:
+    """The query's own id removed (as beir does), then the best ``k``."""
+    results.pop(qid, None)
+    return dict(sorted(results.items(), key=lambda kv: kv[1], reverse=True)[:k])
+
+
+def bm25_run(ds: BeirDataset, *, top_k: int) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    from .lexical import bm25_search
+
+    doc_ids = list(ds.corpus)
+    qids = list(ds.queries)
+    t0 = time.perf_counter()
+    scores, ids = bm25_search(doc_ids, [ds.corpus[d].full_text for d in doc_ids], [ds.queries[q] for q in qids], min(top_k + 1, len(doc_ids)))
+    run = {qid: _top({d: float(s) for d, s in zip(ids[i], scores[i])}, qid, top_k) for i, qid in enumerate(qids)}
+    return run, {"kind": "bm25", "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _labels(cfg: EvalConfig) -> list[str]:
+    if cfg.labels is not None:
+        if len(cfg.labels) != len(cfg.models):
+            raise ConfigError(f"{len(cfg.labels)} labels for {len(cfg.models)} models", field="labels")
+        names = list(cfg.labels)
+    else:
+        # a short name as given ('minilm', 'org/model'); the last two parts of a long local path
+        names = [m.name if len(m.name) <= 40 else "/".join(Path(m.name).parts[-2:]) for m in cfg.models]
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n} ({seen[n]})")
+    return out
+
+
+def evaluate(cfg: EvalConfig, *, show_progress: bool = True) -> dict[str, Any]:
+    """Evaluate every system of ``cfg`` on the same queries; returns the full results dict."""
+    if not cfg.models and not cfg.bm25:
+        raise ConfigError("nothing to evaluate: give at least one --model or --bm25", field="models")
+    folder, _ = parse_benchmark_source(f"{cfg.data}:{cfg.split}")
+    ds = load_beir(folder, cfg.split, skip_unknown_ids=cfg.skip_unknown_ids)
+    systems: list[dict[str, Any]] = []
+    for label, model_cfg in zip(_labels(cfg), cfg.models):
+        log.info("evaluating %s on %s/%s (%d queries, %d documents)", label, folder.name, cfg.split, len(ds.queries), len(ds.corpus))
+        run, info = dense_run(model_cfg, ds, top_k=cfg.top_k, cache_dir=cfg.cache_dir, show_progress=show_progress)
+        systems.append({"name": label, **info, "run": run})
+    if cfg.bm25:
+        run, info = bm25_run(ds, top_k=cfg.top_k)
+        systems.append({"name": "bm25", **info, "run": run})
+    for s in systems:
+        s["per_query"] = compute_metrics(ds.qrels, s.pop("run"))
+        s["metrics"] = mean_metrics(s["per_query"])
+    comparisons = []
+    for s in systems[1:]:
+        comparisons.append({"system": s["name"], "baseline": systems[0]["name"],
+                            **compare(systems[0]["per_query"], s["per_query"], permutations=cfg.permutations, seed=cfg.seed)})
+    return {
+        "dataset": str(folder), "split": cfg.split, "queries": len(ds.queries), "documents": len(ds.corpus),
+        "skipped_qrels": ds.skipped_qrels, "systems": systems, "comparisons": comparisons,
+    }
+
+
+def summary_json(results: dict[str, Any]) -> dict[str, Any]:
+    """The one-line JSON: every metric per system, deltas, CIs and p-values."""
+    return {
+        "dataset": Path(results["dataset"]).name,
+        "split": results["split"],
+        "queries": results["queries"],
+        "models": {s["name"]: s["metrics"] for s in results["systems"]},
+        "deltas": {c["system"]: {m: v for m, v in c["metrics"].items()} for c in results["comparisons"]},
+        "wins_ties_losses": {c["system"]: c[f"{HEADLINE}_per_query"] for c in results["comparisons"]},
+    }

@@ -1,0 +1,172 @@
+"""`embedtune run`: the whole pipeline on a tiny model and synthetic BEIR data, its skipping,
+`--from`, the run-folder guard, resume after a kill, and the HTML report in a real browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import write_synthetic_beir
+from typer.testing import CliRunner
+
+from embedtune.cli import app
+
+runner = CliRunner()
+
+
+def pipeline_yaml(tmp_path: Path, model: str, run_dir: Path, **train_overrides) -> Path:
+    data = write_synthetic_beir(tmp_path / "bench")
+    train = {"max_steps": 6, "batch_size": 8, "learning_rate": 1e-4, "negatives_per_query": 1, "logging_steps": 1,
+             "dev": {"holdout_fraction": 0.2, "eval_steps": 2, "early_stopping_patience": None}}
+    train.update(train_overrides)
+    cfg = {
+        "run_dir": str(run_dir),
+        "model": {"name": model, "batch_size": 16},
+        "data": {"benchmark": str(data)},
+        "mine": {"num_negatives": 2, "range_max": 10, "cache_dir": str(tmp_path / "cache")},
+        "train": train,
+        "index": {"backend": "exact-numba", "cache_dir": str(tmp_path / "cache")},
+        "eval": {"permutations": 500, "cache_dir": str(tmp_path / "cache")},
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_full_pipeline_then_skip_then_from(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("EMBEDTUNE_CACHE", str(tmp_path / "cache"))
+    run_dir = tmp_path / "run"
+    config = pipeline_yaml(tmp_path, tiny_model_dir, run_dir)
+    result = runner.invoke(app, ["run", str(config), "--json"])
+    assert result.exit_code == 0, result.stderr
+    summary = last_json(result.stdout)
+    assert {"base", "tuned", "p_value", "wall_time_s"} <= set(summary)
+    assert 0 <= summary["base"]["ndcg@10"] <= 1 and 0 <= summary["p_value"] <= 1
+    for stage in ("mine", "train", "index", "eval", "export"):
+        manifest = json.loads((run_dir / stage / "manifest.json").read_text())
+        assert manifest["status"] == "complete", stage
+    assert (run_dir / "export" / "model" / "README.md").is_file()
+    report = (run_dir / "report.md").read_text()
+    assert "## Base vs tuned" in report and "## Mining" in report and "## Wall time per stage" in report
+    html = (run_dir / "report.html").read_text()
+    assert "data:image/png;base64," in html and 'src="eval/' not in html
+
+    # same command again: every stage is skipped, same numbers
+    again = runner.invoke(app, ["run", str(config), "--json"])
+    assert again.exit_code == 0, again.stderr
+    assert last_json(again.stdout)["tuned"] == summary["tuned"]
+    state = json.loads((run_dir / "pipeline.json").read_text())
+    assert all(s["skipped"] for s in state["stages"].values())
+
+    # --from index: index, eval and export run again; mine and train stay
+    rerun = runner.invoke(app, ["run", str(config), "--from", "index"])
+    assert rerun.exit_code == 0, rerun.stderr
+    state = json.loads((run_dir / "pipeline.json").read_text())
+    assert state["stages"]["mine"]["skipped"] and state["stages"]["train"]["skipped"]
+    assert not state["stages"]["index"]["skipped"] and not state["stages"]["eval"]["skipped"]
+
+    # another config into the same run folder is refused
+    other = yaml.safe_load(config.read_text())
+    other["mine"]["num_negatives"] = 3
+    config.write_text(yaml.safe_dump(other))
+    refused = runner.invoke(app, ["run", str(config)])
+    assert refused.exit_code == 7
+    assert "run folder holds a run of another config" in refused.stderr
+
+
+def test_bad_pipeline_config_fails_before_work(tmp_path, tiny_model_dir):
+    config = pipeline_yaml(tmp_path, tiny_model_dir, tmp_path / "run")
+    cfg = yaml.safe_load(config.read_text())
+    cfg["train"]["epoch"] = 2  # typo
+    config.write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(app, ["run", str(config)])
+    assert result.exit_code == 4
+    assert "field 'epoch': unknown key" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_model_dir):
+    """SIGKILL `embedtune run` during training, re-run the same command: same metrics as a run
+    that was never interrupted, no temp files left behind."""
+    env = {**os.environ, "EMBEDTUNE_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    straight_cfg = pipeline_yaml(tmp_path / "a", tiny_model_dir, tmp_path / "straight", max_steps=30, dev={"enabled": False}, save_steps=5)
+    cmd = [sys.executable, "-m", "embedtune", "run"]
+    done = subprocess.run(cmd + [str(straight_cfg), "--json"], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    expected = last_json(done.stdout)
+
+    killed_dir = tmp_path / "killed"
+    killed_cfg = pipeline_yaml(tmp_path / "b", tiny_model_dir, killed_dir, max_steps=30, dev={"enabled": False}, save_steps=5)
+    proc = subprocess.Popen(cmd + [str(killed_cfg)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and not list((killed_dir / "train").glob("checkpoints/checkpoint-*")):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed_dir / "eval" / "manifest.json").exists(), "the kill came too late to test anything"
+    resumed = subprocess.run(cmd + [str(killed_cfg), "--json"], env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    got = last_json(resumed.stdout)
+    assert got["tuned"]["ndcg@10"] == pytest.approx(expected["tuned"]["ndcg@10"], abs=1e-6)
+    assert got["base"] == expected["base"]
+    assert not [p for p in killed_dir.rglob(".tmp-*")]
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_html_report_renders_in_headless_chromium(tmp_path):
+    """Open a report in a real headless browser: it renders, every image loads, no console errors."""
+    import numpy as np
+
+    from embedtune.io import atomic_write_with
+    from embedtune.report import markdown_to_html
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot(np.arange(5))
+    (tmp_path / "eval").mkdir()
+    atomic_write_with(tmp_path / "eval" / "plot.png", lambda p: fig.savefig(p, format="png"))
+    page = markdown_to_html("# Title\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n![plot](eval/plot.png)\n", tmp_path, "t")
+    # A checker script appended for the test only: records load errors and image sizes in the DOM.
+    checker = """<script>
+window.__errors = [];
+window.addEventListener('error', e => window.__errors.push(String(e.message || e.target.src)), true);
+window.addEventListener('load', () => {
+  const imgs = Array.from(document.images);
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  const out = document.createElement('pre'); out.id = 'check';
+  out.textContent = JSON.stringify({images: imgs.length, loaded: ok, errors: window.__errors, tables: document.querySelectorAll('table').length});
+  document.body.appendChild(out);
+});
+</script>"""
+    html_path = tmp_path / "report.html"
+    html_path.write_text(page.replace("</head>", checker + "</head>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
+    proc = subprocess.run(["chromium", *flags, "--virtual-time-budget=3000", "--dump-dom", html_path.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = proc.stdout
+    start = dom.index('<pre id="check">') + len('<pre id="check">')
+    check = json.loads(dom[start : dom.index("</pre>", start)].replace("&quot;", '"'))
+    assert check == {"images": 1, "loaded": 1, "errors": [], "tables": 1}
+    console_errors = [line for line in proc.stderr.splitlines() if "CONSOLE" in line and "error" in line.lower()]
+    assert not console_errors
+    shot = tmp_path / "shot.png"
+    subprocess.run(["chromium", *flags, f"--screenshot={shot}", "--window-size=1000,800", html_path.as_uri()], capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 5000  # something was painted
