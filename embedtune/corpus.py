@@ -315,7 +315,10 @@ def load_corpus(path: str | Path, *, id_field: str = "_id", title_field: str = "
     elif suffix == ".csv":
         records = _iter_csv(path)
         header = next(iter(_read_lines(path)), (1, ""))[1]
-        columns = next(csv.reader([header])) if header else []
+        try:
+            columns = next(csv.reader([header]), []) if header else []
+        except csv.Error as err:
+            raise InputError(f"malformed CSV header ({err})", file=path, line=1) from None
         _check_columns(path, columns, [id_field, text_field])
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
