@@ -1,11 +1,82 @@
-"""`embedtune mine` -- not built yet."""
+"""`embedtune mine`: hard negatives for (query, positive) pairs -> a mined dataset folder."""
 
-from ..errors import NotBuiltError
-from .app import app, command
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from .app import MODEL_HELP, app, command, console, emit_json
 
 
-@app.command("mine", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command("mine")
 @command
-def mine_command() -> None:
-    """(not built yet) -- see the project's open issues."""
-    raise NotBuiltError("'embedtune mine' is not built yet")
+def mine_command(
+    pairs: str = typer.Option(None, "--pairs", "-p", help="Pairs source: 'dataset:split' (BEIR qrels, e.g. scifact:train or path/to/beir:train,dev), a pairs .jsonl (query, positive, optional negatives), or 'self' (derive pairs from the corpus)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder for dataset/, pairs.jsonl, manifest.json, report.md."),
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Default: minilm."),
+    corpus: str = typer.Option(None, "--corpus", "-c", help="Candidate documents (BEIR folder, .jsonl/.csv/.parquet, folder of .txt/.md). Default: the BEIR folder of --pairs."),
+    config: Path = typer.Option(None, "--config", help="YAML config (see configs/mine.yaml); flags override it."),
+    num_negatives: int = typer.Option(None, "--num-negatives", "-n", help="Negatives per pair (default 8)."),
+    range_min: int = typer.Option(None, "--range-min", help="Skip this many best-ranked non-positive candidates (default 0)."),
+    range_max: int = typer.Option(None, "--range-max", help="Consider non-positive candidates up to this rank (default 50)."),
+    sampling: str = typer.Option(None, "--sampling", help="top | random (default top)."),
+    relative_margin: float = typer.Option(None, "--relative-margin", help="Drop candidates scoring above pos - |pos| x margin (default 0.05)."),
+    absolute_margin: float = typer.Option(None, "--absolute-margin", help="Drop candidates scoring above pos - margin."),
+    max_score: float = typer.Option(None, "--max-score", help="Drop candidates scoring above this."),
+    retriever: str = typer.Option(None, "--retriever", help="dense | bm25 | hybrid (dense + BM25, reciprocal-rank fusion)."),
+    cross_encoder: str = typer.Option(None, "--cross-encoder", help="Local CrossEncoder folder: re-scores candidates, drops likely false negatives, stores teacher scores."),
+    seed: int = typer.Option(None, "--seed"),
+    skip_unknown_ids: bool = typer.Option(None, "--skip-unknown-ids", help="BEIR: drop qrels rows whose ids are not in the corpus/queries instead of failing."),
+    cache_dir: str = typer.Option(None, "--cache-dir", help="Embedding cache folder (shared with eval and index)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run folder that holds another config's results."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Mine hard negatives with positive-aware filtering (NV-Retriever) and write a dataset the trainer reads."""
+    from ..config import load_config
+    from ..mining import MineConfig, mine_hard_negatives
+
+    overrides = {
+        "pairs": pairs,
+        "corpus": corpus,
+        "model": {"name": model} if model else None,
+        "num_negatives": num_negatives,
+        "range_min": range_min,
+        "range_max": range_max,
+        "sampling": sampling,
+        "relative_margin": relative_margin,
+        "absolute_margin": absolute_margin,
+        "max_score": max_score,
+        "retriever": retriever,
+        "cross_encoder": {"path": cross_encoder} if cross_encoder else None,
+        "seed": seed,
+        "skip_unknown_ids": skip_unknown_ids,
+        "cache_dir": cache_dir,
+    }
+    cfg = load_config(MineConfig, config, overrides)
+    summary = mine_hard_negatives(cfg, out, overwrite=overwrite)
+    if summary.get("skipped"):
+        console.print(f"[green]already complete[/] -- {out} holds this run (same config and inputs); pass --overwrite to redo it")
+    else:
+        _print_summary(summary, out)
+    if as_json:
+        emit_json({k: v for k, v in summary.items() if k != "timings"} | {"timings": summary.get("timings", {})})
+
+
+def _print_summary(s: dict, out: Path) -> None:
+    table = Table(title=f"mined negatives -> {out}", show_header=True)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("queries / rows", f"{s['queries']:,} / {s['pairs']:,}")
+    table.add_row("candidate pool", f"{s['pool_documents']:,} documents")
+    table.add_row(f"rows with {s['num_negatives']} negatives", f"{s['rows_full']:,}")
+    table.add_row("rows with fewer / none (kept)", f"{s['rows_short']:,} / {s['rows_without_negatives']:,}")
+    for name, value in s["filter_counts"].items():
+        table.add_row(f"filter: {name}", f"{value:,}")
+    if s.get("positive_score_mean") is not None and s.get("negative_score_mean") is not None:
+        table.add_row("mean score positive / negative", f"{s['positive_score_mean']:.3f} / {s['negative_score_mean']:.3f}")
+    table.add_row("time", f"{s['timings'].get('total', 0):.1f} s")
+    console.print(table)
+    console.print(f"report: {out / 'report.md'}")
