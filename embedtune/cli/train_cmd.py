@@ -1,11 +1,106 @@
-"""`embedtune train` -- not built yet."""
+"""`embedtune train`: fine-tune a model on a mined dataset folder -> DIR/model + manifest."""
 
-from ..errors import NotBuiltError
-from .app import app, command
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from .app import MODEL_HELP, app, command, console, emit_json
 
 
-@app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command("train")
 @command
-def train_command() -> None:
-    """(not built yet) -- see the project's open issues."""
-    raise NotBuiltError("'embedtune train' is not built yet")
+def train_command(
+    data: Path = typer.Option(..., "--data", "-d", help="Mined dataset folder (output of 'embedtune mine')."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: model/, checkpoints/, training_curve.json/.png, manifest.json."),
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Default: minilm."),
+    config: Path = typer.Option(None, "--config", help="YAML config (see configs/train.yaml); flags override it."),
+    loss: str = typer.Option(None, "--loss", help="mnrl | cached_mnrl | gist | margin_mse (default mnrl)."),
+    negatives: int = typer.Option(None, "--negatives", "-n", help="Hard negatives per row fed to the loss (default 1)."),
+    epochs: float = typer.Option(None, "--epochs", help="Passes over the training rows (default 1)."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many steps (overrides --epochs)."),
+    batch_size: int = typer.Option(None, "--batch-size", "-b", help="Rows per step per device (default 32)."),
+    learning_rate: float = typer.Option(None, "--lr", help="Peak learning rate (default 2e-5)."),
+    max_seq_length: int = typer.Option(None, "--max-seq-length", help="Token limit for queries and documents (default: the model's)."),
+    precision: str = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16 (training autocast)."),
+    dev: str = typer.Option(None, "--dev", help="Dev split for evaluation during training, e.g. nfcorpus:dev (default: hold out 10%% of the training queries)."),
+    rounds: int = typer.Option(None, "--rounds", help="Re-mine negatives with the tuned model and train again (ANCE-style), this many rounds in all."),
+    seed: int = typer.Option(None, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Discard what --out holds and start over."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Fine-tune an embedding model with a contrastive loss on mined hard negatives."""
+    # Before sentence-transformers / huggingface_hub are imported: saving a model card must not
+    # try the hub (a user who wants it online sets HF_HUB_OFFLINE=0 explicitly).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ..config import load_config
+    from ..training import TrainConfig, train_model
+
+    overrides = {
+        "model": {"name": model, "max_seq_length": max_seq_length},
+        "loss": {"name": loss},
+        "negatives_per_query": negatives,
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "precision": precision,
+        "dev": {"source": dev},
+        "rounds": rounds,
+        "seed": seed,
+    }
+    cfg = load_config(TrainConfig, config, _without_none(overrides))
+    manifest = train_model(cfg, data, out, resume=resume, overwrite=overwrite)
+    if not manifest:  # not the main process of a multi-process run
+        return
+    summary = _summary(manifest, out)
+    _print_summary(summary)
+    if as_json:
+        emit_json(summary)
+
+
+def _without_none(d: dict) -> dict:
+    """Flags the user did not pass (None), also inside nested sections, are left to the YAML/defaults."""
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            value = _without_none(value)
+            if value:
+                out[key] = value
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def _summary(manifest: dict, out: Path) -> dict:
+    m = manifest.get("metrics", {})
+    return {
+        "out": str(out),
+        "model": str(out / "model"),
+        "base_dev_ndcg@10": m.get("base_dev_ndcg@10"),
+        "best_dev_ndcg@10": m.get("best_dev_ndcg@10"),
+        "dev": m.get("dev"),
+        "steps": m.get("steps"),
+        "train_rows": m.get("train_rows"),
+        "seconds": manifest.get("timings", {}).get("total_s"),
+    }
+
+
+def _print_summary(s: dict) -> None:
+    table = Table(title=f"train -> {s['model']}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("training rows", f"{s['train_rows']:,}" if s["train_rows"] is not None else "-")
+    table.add_row("steps", str(s["steps"]))
+    if s["best_dev_ndcg@10"] is not None:
+        base = s["base_dev_ndcg@10"]
+        table.add_row("dev nDCG@10 base -> best", f"{base:.4f} -> {s['best_dev_ndcg@10']:.4f}" if base is not None else f"{s['best_dev_ndcg@10']:.4f}")
+        table.add_row("dev", str(s["dev"]))
+    if s["seconds"] is not None:
+        table.add_row("time", f"{s['seconds']:.0f} s")
+    console.print(table)

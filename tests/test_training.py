@@ -1,0 +1,393 @@
+"""Training stage: mined rows -> trainer columns, dev split, losses, run folder, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tiny_models import VOCAB_WORDS, build_tiny_bert
+
+from embedtune.cli import app
+from embedtune.errors import ConfigError, InputError
+from embedtune.manifest import write_manifest
+from embedtune.training import (
+    TrainConfig,
+    build_train_rows,
+    load_mined,
+    make_dev_split,
+    train_model,
+)
+
+# --------------------------------------------------------------------------- builders
+
+
+def make_mined(
+    folder: Path,
+    *,
+    n_queries: int = 40,
+    negatives: int = 3,
+    seed: int = 0,
+    with_ce: bool = False,
+    distinct: bool = False,
+    qrels: dict | None = None,
+    write_dataset: bool = True,
+) -> Path:
+    """A mined folder in the mining contract's format over a BEIR corpus of random vocabulary
+    texts (query = the first words of its positive), with a mining manifest naming the corpus.
+
+    Default: every 5th query has a second positive and every 7th query only one negative.
+    ``distinct``: one positive per query, full rows, and no text in two rows (batches then do not
+    depend on how the no-duplicates sampler packs them).
+    """
+    rng = random.Random(seed)
+    folder = Path(folder)
+    beir = folder / "beir"
+    beir.mkdir(parents=True, exist_ok=True)
+    n_docs = n_queries * (2 + negatives) if distinct else 2 * n_queries + 20
+    docs = {f"d{i}": " ".join(rng.sample(VOCAB_WORDS, 8)) + f" {i}" for i in range(n_docs)}
+    with open(beir / "corpus.jsonl", "w", encoding="utf-8") as fh:
+        for doc_id, text in docs.items():
+            fh.write(json.dumps({"_id": doc_id, "title": "", "text": text}) + "\n")
+    ids = list(docs)
+    rows = []
+    for q in range(n_queries):
+        if distinct:
+            positives, k = [ids[q]], negatives
+            neg = ids[2 * n_queries + q * negatives: 2 * n_queries + (q + 1) * negatives]
+        else:
+            positives = [ids[q]] + ([ids[q + n_queries]] if q % 5 == 0 else [])
+            k = 1 if q % 7 == 0 else negatives
+            neg = rng.sample([d for d in ids if d not in positives], k)
+        for p in positives:
+            row = {
+                "query_id": f"q{q}", "query": " ".join(docs[ids[q]].split()[:3]) + f" {q}", "positive_id": p,
+                "positive": docs[p], "positive_score": 0.5, "negative_ids": neg, "negatives": [docs[d] for d in neg],
+                "negative_scores": [0.4] * k, "negative_ranks": list(range(1, k + 1)),
+            }
+            if with_ce:
+                row["ce_positive_score"] = 5.0
+                row["ce_negative_scores"] = [1.0 + j for j in range(k)]
+            rows.append(row)
+    if write_dataset:
+        import datasets
+
+        datasets.Dataset.from_list(rows).save_to_disk(str(folder / "dataset"))
+    with open(folder / "pairs.jsonl", "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    if qrels is not None:
+        (folder / "qrels.json").write_text(json.dumps(qrels))
+    write_manifest(folder, stage="mine", key="test", config={"corpus": str(beir)}, inputs={})
+    return folder
+
+
+from transformers import BertTokenizerFast as _BertTokenizerFast  # noqa: E402
+
+
+class _VocabFileTokenizer:
+    """transformers 5 renamed BertTokenizerFast(vocab_file=) to (vocab=); with the old name the
+    shared tiny builder gets a 5-token vocabulary (every word -> [UNK], all texts embed alike)."""
+
+    def __new__(cls, vocab_file=None, **kwargs):
+        if vocab_file is not None:
+            kwargs.setdefault("vocab", vocab_file)
+        return _BertTokenizerFast(**kwargs)
+
+
+@pytest.fixture(scope="session")
+def trainable_model_dir(tiny_model_dir, tmp_path_factory) -> str:
+    """The shared tiny model, rebuilt with a real vocabulary if the shared builder lost it."""
+    from transformers import AutoTokenizer
+
+    if len(AutoTokenizer.from_pretrained(tiny_model_dir)) >= len(VOCAB_WORDS):
+        return tiny_model_dir
+    with mock.patch("transformers.BertTokenizerFast", _VocabFileTokenizer):
+        return str(build_tiny_bert(tmp_path_factory.mktemp("tiny_bert_vocab")))
+
+
+def without_dropout(model_dir: str, folder: Path) -> str:
+    """A copy of a model with dropout off, so two runs can be compared step by step."""
+    shutil.copytree(model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+def _cfg(model_name: str, **kw) -> TrainConfig:
+    base = {"model": {"name": model_name}, "batch_size": 8, "learning_rate": 1e-3, "negatives_per_query": 2}
+    for key, value in kw.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return TrainConfig.model_validate(base)
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+# --------------------------------------------------------------------------- data shaping
+
+
+def test_rows_become_trainer_columns_without_dev_queries(tmp_path):
+    data = load_mined(make_mined(tmp_path / "m"))
+    cfg = _cfg("unused", negatives_per_query=2, short_rows="drop")
+    rows = build_train_rows(data, cfg, exclude_query_ids={"q1", "q2"})
+    assert list(rows.columns) == ["anchor", "positive", "negative_1", "negative_2"]
+    kept_queries = set(rows.columns["anchor"])
+    assert not any(q.endswith((" 1", " 2")) for q in kept_queries)
+    # q0, q7, ... have one negative only: dropped, never padded
+    assert rows.stats["dropped_short_rows"] > 0 and rows.stats["padded_rows"] == 0
+    assert rows.stats["train_rows"] == len(rows.columns["anchor"]) == data.num_rows - rows.stats["dev_rows_excluded"] - rows.stats["dropped_short_rows"]
+    # the first negatives are the mined ones, in order
+    c = data.dataset.to_dict()
+    i = c["query_id"].index("q3")
+    j = rows.columns["anchor"].index(c["query"][i])
+    assert [rows.columns["negative_1"][j], rows.columns["negative_2"][j]] == c["negatives"][i][:2]
+
+
+def test_short_rows_are_padded_with_documents_that_are_not_positives(tmp_path):
+    folder = make_mined(tmp_path / "m")
+    mined_negative_of_q0 = load_mined(folder).columns["negative_ids"][0]
+    # qrels know more positives of q0 than its rows; padding must avoid those too
+    extra = [f"d{i}" for i in range(1, 40) if f"d{i}" not in mined_negative_of_q0]
+    (folder / "qrels.json").write_text(json.dumps({"q0": {"d0": 1, "d40": 2, **{d: 1 for d in extra}}}))
+    data = load_mined(folder)
+    rows = build_train_rows(data, _cfg("unused", negatives_per_query=3, short_rows="pad"))
+    assert rows.stats["padded_rows"] > 0 and rows.stats["dropped_short_rows"] == 0
+    full = data.dataset.to_dict()
+    text = dict(zip(full["positive_id"], full["positive"]))
+    forbidden = {text[d] for d in ("d0", "d40", *extra)}
+    q0_rows = [k for k, a in enumerate(rows.columns["anchor"]) if a == data.columns["query"][0]]
+    assert len(q0_rows) == 2
+    for k in q0_rows:
+        negs = [rows.columns[f"negative_{n}"][k] for n in (1, 2, 3)]
+        assert negs[0] == full["negatives"][0][0]  # the mined one first
+        assert not forbidden & set(negs[1:]) and len(set(negs)) == 3
+
+
+def test_max_pairs_per_query_keeps_the_highest_grades(tmp_path):
+    qrels = {"q0": {"d0": 1, "d40": 2}, "q5": {"d5": 2, "d45": 1}}
+    data = load_mined(make_mined(tmp_path / "m", qrels=qrels))
+    rows = build_train_rows(data, _cfg("unused", max_pairs_per_query=1, negatives_per_query=1))
+    text = dict(zip(data.columns["positive_id"], data.dataset["positive"]))
+    assert text["d40"] in rows.columns["positive"] and text["d0"] not in rows.columns["positive"]
+    assert text["d5"] in rows.columns["positive"] and text["d45"] not in rows.columns["positive"]
+    assert rows.stats["capped_rows"] == 8  # 8 of 40 queries have a second positive
+
+
+def test_margin_mse_needs_teacher_scores_and_gets_them_as_labels(tmp_path):
+    plain = load_mined(make_mined(tmp_path / "plain"))
+    with pytest.raises(ConfigError, match="teacher scores"):
+        build_train_rows(plain, _cfg("unused", loss={"name": "margin_mse"}))
+    data = load_mined(make_mined(tmp_path / "ce", with_ce=True))
+    rows = build_train_rows(data, _cfg("unused", loss={"name": "margin_mse"}, negatives_per_query=2))
+    assert rows.columns["label"][0] == [5.0, 1.0, 2.0]
+    assert rows.stats["dropped_short_rows"] > 0  # no teacher score to pad with
+
+
+def test_pairs_jsonl_is_read_when_there_is_no_dataset_folder(tmp_path):
+    folder = make_mined(tmp_path / "m", write_dataset=False)
+    assert load_mined(folder).num_rows == load_mined(make_mined(tmp_path / "m2")).num_rows
+
+
+def test_bad_mined_data_names_the_file_line_and_field(tmp_path):
+    folder = make_mined(tmp_path / "m", write_dataset=False)
+    lines = (folder / "pairs.jsonl").read_text().splitlines()
+    row = json.loads(lines[2])
+    del row["positive_id"]
+    lines[2] = json.dumps(row)
+    (folder / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError) as err:
+        load_mined(folder)
+    assert err.value.line == 3 and err.value.field == "positive_id" and "pairs.jsonl" in err.value.file
+    with pytest.raises(InputError, match="not found"):
+        load_mined(tmp_path / "nope")
+
+
+def test_held_out_dev_queries_are_seeded_and_searched_in_the_full_corpus(tmp_path):
+    qrels = {"q3": {"d3": 1, "d77": 1}}
+    data = load_mined(make_mined(tmp_path / "m", qrels=qrels))
+    a = make_dev_split(data, _cfg("unused", seed=1))
+    b = make_dev_split(data, _cfg("unused", seed=1))
+    c = make_dev_split(data, _cfg("unused", seed=2))
+    assert a.queries == b.queries and a.queries != c.queries
+    assert len(a.queries) == 4 == len(a.exclude_query_ids)  # 10% of 40
+    assert len(a.corpus) == 100  # the whole BEIR corpus from the mining manifest
+    rows = build_train_rows(data, _cfg("unused", seed=1), a.exclude_query_ids)
+    assert not set(rows.columns["anchor"]) & set(a.queries.values())
+    for qid, relevant in a.relevant.items():
+        assert relevant and relevant <= set(a.corpus)
+    d = make_dev_split(data, _cfg("unused", dev={"source": None, "corpus_max_docs": 30}, seed=1))
+    assert len(d.corpus) == 30 and all(r <= set(d.corpus) for r in d.relevant.values())
+
+
+def test_a_benchmark_dev_split_is_used_but_never_the_test_split(tmp_path):
+    from helpers import write_beir
+
+    beir = write_beir(tmp_path / "bench", qrels={"test": [("q1", "d1", 1)], "dev": [("q2", "d2", 1), ("q3", "d3", 0)], "train": [("q4", "d6", 1)]})
+    data = load_mined(make_mined(tmp_path / "m"))
+    dev = make_dev_split(data, _cfg("unused", dev={"source": f"{beir}:dev"}))
+    assert dev.queries == {"q2": "salt and blood pressure"} and dev.relevant == {"q2": {"d2"}}
+    with pytest.raises(ConfigError, match="test split"):
+        make_dev_split(data, _cfg("unused", dev={"source": f"{beir}:test"}))
+
+
+# --------------------------------------------------------------------------- training runs
+
+
+def test_train_command_writes_model_manifest_and_curve(tmp_path, trainable_model_dir):
+    data = make_mined(tmp_path / "m")
+    out = tmp_path / "run"
+    args = ["train", "--model", trainable_model_dir, "--data", str(data), "--out", str(out), "--epochs", "2",
+            "--batch-size", "8", "--lr", "1e-3", "--negatives", "2", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["train_rows"] == 43 and summary["steps"] == 12
+    assert 0 <= summary["base_dev_ndcg@10"] <= 1 and 0 <= summary["best_dev_ndcg@10"] <= 1
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stage"] == "train" and manifest["status"] == "complete"
+    assert manifest["config"]["negatives_per_query"] == 2 and manifest["inputs"]["data"]
+    assert "sentence-transformers" in manifest["versions"]
+    curve = json.loads((out / "training_curve.json").read_text())["rounds"][0]
+    assert curve["dev"][0]["step"] == 0 and [p["step"] for p in curve["dev"][1:]] == [3, 6, 9, 12]
+    assert curve["loss"] and all(p["loss"] > 0 for p in curve["loss"])
+    assert manifest["metrics"]["best_dev_ndcg@10"] == max(p["ndcg@10"] for p in curve["dev"][1:])
+    assert (out / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "checkpoints").exists() and not list(out.glob(".tmp-*"))
+
+    from embedtune.models import load_model
+
+    tuned = load_model(str(out / "model"))
+    assert list((out / "model").glob("*.safetensors")) and tuned.encode(["protein cell"]).shape == (1, 32)
+    assert _max_diff(_weights(out / "model"), _weights(trainable_model_dir)) > 0
+
+    again = CliRunner().invoke(app, args)  # same config and inputs: done already
+    assert again.exit_code == 0 and json.loads(again.stdout.strip().splitlines()[-1])["best_dev_ndcg@10"] == summary["best_dev_ndcg@10"]
+    other = CliRunner().invoke(app, args[:-1] + ["--seed", "7"])
+    assert other.exit_code == 7 and "another config" in other.output
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [{"name": "cached_mnrl", "mini_batch_size": 3}, {"name": "gist"}, {"name": "margin_mse"}, {"name": "mnrl", "matryoshka_dims": [32, 16]}],
+    ids=["cached_mnrl", "gist", "margin_mse", "matryoshka"],
+)
+def test_every_loss_trains(tmp_path, trainable_model_dir, loss):
+    data = make_mined(tmp_path / "m", with_ce=True)
+    negatives = 1 if loss["name"] == "gist" else 2  # GISTEmbedLoss takes one hard negative at most
+    cfg = _cfg(trainable_model_dir, loss=loss, negatives_per_query=negatives, max_steps=3, dev={"enabled": False}, logging_steps=1)
+    manifest = train_model(cfg, data, tmp_path / "run", progress=False)
+    losses = [p["loss"] for p in manifest["metrics"]["training_curve"]["rounds"][0]["loss"]]
+    assert len(losses) == 3 and all(v == v and v >= 0 for v in losses)  # finite, logged every step
+    assert _max_diff(_weights(tmp_path / "run" / "model"), _weights(trainable_model_dir)) > 0
+
+
+def test_prompts_are_applied_to_queries_and_documents(tmp_path, trainable_model_dir):
+    from transformers import TrainerCallback
+
+    seen = {}
+
+    class Capture(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen["prompts"] = args.prompts
+
+    data = make_mined(tmp_path / "m")
+    cfg = _cfg(trainable_model_dir, model={"query_prompt": "query: ", "document_prompt": "passage: "}, max_steps=1, dev={"enabled": False})
+    train_model(cfg, data, tmp_path / "run", progress=False, callbacks=[Capture()])
+    assert seen["prompts"] == {"anchor": "query: ", "positive": "passage: ", "negative_1": "passage: ", "negative_2": "passage: "}
+
+
+_KILL_SCRIPT = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    from transformers import TrainerCallback
+    from embedtune.training import TrainConfig, train_model
+
+    class KillAfterCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == int(sys.argv[4]):
+                os.kill(os.getpid(), signal.SIGKILL)  # a crash right after the checkpoint was written
+
+    cfg = TrainConfig.model_validate(json.loads(sys.argv[3]))
+    train_model(cfg, sys.argv[1], sys.argv[2], callbacks=[KillAfterCheckpoint()], progress=False)
+    """
+)
+
+
+def test_resume_after_a_kill_gives_the_uninterrupted_result(tmp_path, trainable_model_dir):
+    data = make_mined(tmp_path / "m")
+    # dropout on: resuming must also restore the RNG state
+    cfg = _cfg(trainable_model_dir, max_steps=8, logging_steps=1, dev={"eval_steps": 2, "early_stopping_patience": None})
+    straight = train_model(cfg, data, tmp_path / "straight", progress=False)
+
+    script = tmp_path / "kill.py"
+    script.write_text(_KILL_SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(script), str(data), str(tmp_path / "killed"), cfg.model_dump_json(), "4"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not (tmp_path / "killed" / "model").exists()
+    assert json.loads((tmp_path / "killed" / "manifest.json").read_text())["status"] == "running"
+
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    result = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "train.yaml"), "--data", str(data), "--out", str(tmp_path / "killed")])
+    assert result.exit_code == 7 and "--resume" in result.output  # never silently restarts over a checkpoint
+    resumed = train_model(cfg, data, tmp_path / "killed", resume=True, progress=False)
+
+    assert _max_diff(_weights(tmp_path / "straight" / "model"), _weights(tmp_path / "killed" / "model")) < 1e-6
+    a, b = straight["metrics"]["training_curve"]["rounds"][0], resumed["metrics"]["training_curve"]["rounds"][0]
+    assert [p["loss"] for p in a["loss"]] == pytest.approx([p["loss"] for p in b["loss"]], abs=1e-6)
+    assert a["dev"] == b["dev"]
+    assert straight["metrics"]["best_dev_ndcg@10"] == resumed["metrics"]["best_dev_ndcg@10"]
+
+
+def test_two_rounds_remine_with_the_tuned_model(tmp_path, trainable_model_dir):
+    from embedtune.config import build_config
+    from embedtune.manifest import read_manifest
+    from embedtune.mining import MineConfig, mine_hard_negatives
+
+    beir = make_mined(tmp_path / "src", n_queries=30).joinpath("beir")
+    docs = [json.loads(line) for line in (beir / "corpus.jsonl").read_text().splitlines()]
+    with open(beir / "queries.jsonl", "w") as fh:
+        for q in range(30):
+            fh.write(json.dumps({"_id": f"q{q}", "text": " ".join(docs[q]["text"].split()[:3])}) + "\n")
+    (beir / "qrels").mkdir()
+    (beir / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{q}\td{q}\t1\n" for q in range(30)))
+    mine_cfg = build_config(MineConfig, {
+        "pairs": f"{beir}:train", "model": {"name": trainable_model_dir, "precision": "fp32"},
+        "cache_dir": str(tmp_path / "cache"), "range_max": 20, "num_negatives": 3,
+    })
+    mine_hard_negatives(mine_cfg, tmp_path / "mined", show_progress=False)
+
+    cfg = _cfg(trainable_model_dir, rounds=2, max_steps=3, dev={"eval_steps": 3})
+    manifest = train_model(cfg, tmp_path / "mined", tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    remined = read_manifest(run / "round-2" / "mined")
+    assert remined["stage"] == "mine" and remined["config"]["model"]["name"] == str(run / "round-1" / "model")
+    assert remined["config"]["num_negatives"] == 3 and remined["inputs"]["model"] != read_manifest(tmp_path / "mined")["inputs"]["model"]
+    assert [r["round"] for r in manifest["metrics"]["rounds"]] == [1, 2] and manifest["metrics"]["steps"] == 6
+    assert len(json.loads((run / "training_curve.json").read_text())["rounds"]) == 2
+    assert _max_diff(_weights(run / "model"), _weights(run / "round-1" / "model")) > 0
