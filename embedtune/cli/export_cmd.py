@@ -1,11 +1,47 @@
-"""`embedtune export` -- not built yet."""
+"""`embedtune export`: a run folder -> a folder to ship (model, model card, index, USAGE.md)."""
 
-from ..errors import NotBuiltError
-from .app import app, command
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from .app import app, command, console, emit_json
 
 
-@app.command("export", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command("export")
 @command
-def export_command() -> None:
-    """(not built yet) -- see the project's open issues."""
-    raise NotBuiltError("'embedtune export' is not built yet")
+def export_command(
+    run_dir: Path = typer.Argument(..., help="Pipeline run folder (train/, index/, eval/, mine/), a 'train --out' folder, or a model folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Export folder to write (must be new or empty, unless --overwrite)."),
+    onnx: bool = typer.Option(False, "--onnx", help="Also export the transformer to ONNX (model/onnx/model.onnx), checked against torch."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing export folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Ship a tuned model: safetensors folder + model card, index, ONNX (optional), usage snippets."""
+    from ..export import ExportConfig, export_run
+
+    summary = export_run(run_dir, out, ExportConfig(onnx=onnx), overwrite=overwrite)
+    if summary["skipped"]:
+        console.print(f"[green]already complete[/] -- {out} holds this export (same run and settings); pass --overwrite to redo it")
+    table = Table(title=f"export {run_dir} -> {out}", show_header=True)
+    table.add_column("what")
+    table.add_column("value")
+    table.add_row("model", f"{out / 'model'} ({summary['weights_files']} safetensors file(s), fingerprint {summary['model_sha256'][:12]})")
+    table.add_row("embeddings check", f"reloaded with plain sentence-transformers: min cosine {summary['check_min_cosine']:.6f}")
+    if "index" in summary:
+        i = summary["index"]
+        table.add_row("index", f"{out / 'index'} ({i['count']:,} passages, {i['backend']})")
+    if summary.get("onnx"):
+        o = summary["onnx"]
+        table.add_row("onnx", f"{o['path']} (min cosine vs torch {o['min_cosine']:.6f} on {o['texts']} texts)")
+    table.add_row("model card / usage", f"{out / 'model' / 'README.md'}, {out / 'USAGE.md'}")
+    for what in summary["missing"]:
+        table.add_row("[yellow]missing in run folder[/]", what)
+    for what in summary["not_exported"]:
+        table.add_row("[yellow]not exported[/]", what)
+    console.print(table)
+    if as_json:
+        emit_json(summary)

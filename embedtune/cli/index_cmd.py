@@ -1,31 +1,189 @@
-"""`embedtune index build|update` and `embedtune search` -- not built yet."""
+"""`embedtune index build|update` and `embedtune search`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
 
 import typer
+from rich.table import Table
 
-from ..errors import NotBuiltError
-from .app import app, command
+from .app import MODEL_HELP, app, command, console, emit_json
 
-index_app = typer.Typer(help="Build or update a search index over a corpus (not built yet).", no_args_is_help=True)
+index_app = typer.Typer(help="Build or update a search index over a corpus.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
-_extra = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+BACKEND_HELP = "Vector search backend: auto | exact-numba | faiss-flat | faiss-ivf | faiss-hnsw."
 
 
-@index_app.command("build", context_settings=_extra)
+@index_app.command("build")
 @command
-def build_command() -> None:
-    """(not built yet) Encode a corpus and write a search index."""
-    raise NotBuiltError("'embedtune index build' is not built yet")
+def build_command(
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Default: minilm."),
+    corpus: str = typer.Option(None, "--corpus", "-c", help="Documents: BEIR folder, .jsonl/.csv/.parquet, or a folder of .txt/.md."),
+    out: Path = typer.Option(..., "--out", "-o", help="Index folder to write (replaced atomically)."),
+    backend: str = typer.Option(None, "--backend", help=BACKEND_HELP + " Default: auto."),
+    config: Path = typer.Option(None, "--config", help="YAML config (IndexConfig: model, corpus, backend, cache_dir); flags override it."),
+    id_field: str = typer.Option(None, "--id-field", help="Corpus field holding the document id (default _id)."),
+    title_field: str = typer.Option(None, "--title-field", help="Corpus field holding the title (default title)."),
+    text_field: str = typer.Option(None, "--text-field", help="Corpus field holding the text (default text)."),
+    max_tokens: int = typer.Option(None, "--max-tokens", help="Passage length in model tokens (default: the model's max length)."),
+    overlap: int = typer.Option(None, "--overlap", help="Tokens shared by consecutive passages of a long document (default 32)."),
+    document_prompt: str = typer.Option(None, "--document-prompt", help="Prefix for passages, e.g. 'passage: '."),
+    query_prompt: str = typer.Option(None, "--query-prompt", help="Prefix for queries (recorded for 'embedtune search')."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Encoding batch size (default 64)."),
+    precision: str = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16."),
+    device: str = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
+    cache_dir: str = typer.Option(None, "--cache-dir", help="Embedding cache folder (shared with mine and eval)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an index of another config, model or corpus."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Split a corpus into passages, encode them and write a search index."""
+    from ..config import load_config
+    from ..errors import ConfigError
+    from ..index import IndexConfig, build_index
+
+    overrides = {
+        "model": {"name": model, "document_prompt": document_prompt, "query_prompt": query_prompt, "batch_size": batch_size,
+                  "precision": precision, "device": device},
+        "corpus": {"path": corpus, "id_field": id_field, "title_field": title_field, "text_field": text_field,
+                   "chunking": {"max_tokens": max_tokens, "overlap": overlap}},
+        "backend": backend,
+        "cache_dir": cache_dir,
+    }
+    cfg = load_config(IndexConfig, config, _without_none(overrides)) if (corpus or config) else None
+    if cfg is None:
+        raise ConfigError("no corpus: pass --corpus or a --config with corpus.path", field="corpus.path")
+    summary = build_index(cfg, out, overwrite=overwrite, show_progress=not as_json or verbose)
+    if summary["skipped"]:
+        console.print(f"[green]already complete[/] -- {out} holds this index (same config, corpus and model); pass --overwrite to rebuild it")
+    _print_summary(summary, f"index -> {out}")
+    if as_json:
+        emit_json(summary)
 
 
-@index_app.command("update", context_settings=_extra)
+@index_app.command("update")
 @command
-def update_command() -> None:
-    """(not built yet) Re-encode only new or changed passages of an index."""
-    raise NotBuiltError("'embedtune index update' is not built yet")
+def update_command(
+    index_dir: Path = typer.Argument(..., help="Index folder made by 'embedtune index build'."),
+    corpus: str = typer.Option(..., "--corpus", "-c", help="The new version of the corpus (same format and fields as the build)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Re-encode only new or changed passages, drop removed ones; the result equals a fresh build."""
+    from ..index import update_index
+
+    summary = update_index(index_dir, corpus, show_progress=not as_json or verbose)
+    _print_summary(summary, f"index updated -> {index_dir}")
+    if as_json:
+        emit_json(summary)
 
 
-@app.command("search", context_settings=_extra)
+def _without_none(d: dict) -> dict:
+    """Flags the user did not pass, at any depth (deep_merge drops only top-level ones)."""
+    return {k: _without_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
+
+
+def _print_summary(s: dict, title: str) -> None:
+    table = Table(title=title, show_header=True)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("model", f"{s['model']} ({s['model_sha256'][:12]})")
+    table.add_row("backend / dim", f"{s['backend']} / {s['dim']}")
+    table.add_row("documents -> passages", f"{s.get('documents', 0):,} -> {s['count']:,}")
+    if s.get("split_documents"):
+        table.add_row("documents split into several passages", f"{s['split_documents']:,}")
+    if s.get("truncated_documents"):
+        table.add_row("documents truncated (max passages)", f"{s['truncated_documents']:,} ({s['dropped_passages']:,} passages dropped)")
+    if "update" in s:
+        u = s["update"]
+        table.add_row("added / changed / removed / unchanged", f"{u['added']:,} / {u['changed']:,} / {u['removed']:,} / {u['unchanged']:,}")
+        table.add_row("passages encoded", f"{u['encoded']:,} of {s['count']:,}")
+    t = s.get("timings", {})
+    if "total" in t:
+        table.add_row("time", f"{t['total']:.1f} s" + (f" ({t['docs_per_s']:.0f} docs/s)" if "docs_per_s" in t else ""))
+    console.print(table)
+
+
+@app.command("search")
 @command
-def search_command() -> None:
-    """(not built yet) Query an index built by 'embedtune index build'."""
-    raise NotBuiltError("'embedtune search' is not built yet")
+def search_command(
+    index_dir: Path = typer.Argument(..., help="Index folder made by 'embedtune index build'."),
+    query: str = typer.Argument(None, help="The question (or use --queries for many)."),
+    k: int = typer.Option(5, "-k", "--top-k", min=1, help="Passages per query."),
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Default: the index's model (must match it)."),
+    queries: Path = typer.Option(None, "--queries", "-q", help="Many queries: a text file (one per line) or queries.jsonl (_id, text)."),
+    out: Path = typer.Option(None, "--out", "-o", help="With --queries: write results as JSONL here."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Ranked passages for a question (or a file of questions) from an index."""
+    from ..errors import ConfigError
+    from ..index import open_index, query_index
+
+    if (query is None) == (queries is None):
+        raise ConfigError("pass either a question or --queries FILE", field="query")
+    if queries is not None and out is None:
+        raise ConfigError("--queries needs --out FILE for the JSONL results", field="out")
+    t0 = time.perf_counter()
+    index = open_index(index_dir, model)
+    t_open = time.perf_counter() - t0
+    if query is not None:
+        t1 = time.perf_counter()
+        hits = query_index(index, [query], k)[0]
+        latency = time.perf_counter() - t1
+        table = Table(title=f"{query!r} in {index_dir} ({index.count:,} passages)", show_header=True, expand=False)
+        for name, justify in (("rank", "right"), ("score", "right"), ("passage", "left"), ("doc", "left"), ("text", "left")):
+            table.add_column(name, justify=justify, overflow="fold" if name != "text" else "ellipsis")
+        for h in hits:
+            snippet = (f"{h.title}: " if h.title else "") + h.text
+            table.add_row(str(h.rank), f"{h.score:.4f}", h.passage_id, h.doc_id, snippet[:160] + ("..." if len(snippet) > 160 else ""))
+        console.print(table)
+        t = index.last_timings
+        console.print(f"{latency * 1000:.1f} ms (encode {t['encode_s'] * 1000:.1f} + search {t['search_s'] * 1000:.1f}); index opened in {t_open:.2f} s")
+        if as_json:
+            emit_json({"query": query, "k": k, "results": [h.as_dict() for h in hits],
+                       "timings": {"open_s": t_open, "query_ms": latency * 1000, "encode_ms": t["encode_s"] * 1000, "search_ms": t["search_s"] * 1000}})
+        return
+    summary = _search_many(index, queries, out, k, show_progress=not as_json or verbose)
+    summary["timings"]["open_s"] = t_open
+    t = summary["timings"]
+    console.print(
+        f"{summary['queries']:,} queries -> {out}: encode {t['encode_s']:.1f} s, search {t['search_s']:.2f} s, "
+        f"{summary['queries_per_s']:.0f} queries/s overall"
+    )
+    if as_json:
+        emit_json(summary)
+
+
+def _read_queries(path: Path) -> list[tuple[str, str]]:
+    from ..corpus import _read_lines, load_queries
+    from ..errors import InputError
+
+    if path.suffix.lower() == ".jsonl":
+        return list(load_queries(path).items())
+    rows = [(str(lineno), line.strip()) for lineno, line in _read_lines(path) if line.strip()]
+    if not rows:
+        raise InputError("no queries (one per line)", file=path)
+    return rows
+
+
+def _search_many(index, path: Path, out: Path, k: int, *, show_progress: bool) -> dict:
+    """All queries encoded (length-sorted batches) and searched as one matrix, streamed to JSONL."""
+    from ..index import query_index
+    from ..io import atomic_write_jsonl
+
+    rows = _read_queries(path)
+    t0 = time.perf_counter()
+    results = query_index(index, [q for _, q in rows], k, with_text=False, show_progress=show_progress)
+    t1 = time.perf_counter()
+    atomic_write_jsonl(out, (
+        {"query_id": qid, "query": text, "hits": [{"rank": h.rank, "score": h.score, "passage_id": h.passage_id, "doc_id": h.doc_id} for h in hits]}
+        for (qid, text), hits in zip(rows, results)
+    ))
+    t2 = time.perf_counter()
+    return {
+        "queries": len(rows), "k": k, "out": str(out), "queries_per_s": len(rows) / max(t2 - t0, 1e-9),
+        "timings": {"encode_and_search_s": t1 - t0, "write_s": t2 - t1, **index.last_timings},
+    }

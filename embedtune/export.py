@@ -1,0 +1,818 @@
+"""The export stage: a pipeline run folder -> a self-contained folder to ship.
+
+``RUN_DIR`` is a pipeline run folder (``train/model`` + ``train/manifest.json``, and when they
+exist ``index/``, ``eval/metrics.json``, ``mine/manifest.json``), a ``train --out`` folder
+(``model/`` + ``manifest.json``) or a bare sentence-transformers folder. The export holds::
+
+    OUT/model/             the tuned model: a plain sentence-transformers folder, safetensors only,
+                           with a model card README.md (settings and evaluation read from the
+                           run's manifests and metrics) and, with --onnx, onnx/model.onnx
+    OUT/index/             the run's index (searcher, id map, passage store, manifest), its
+                           manifest pointing at ../model
+    OUT/eval/metrics.json  the evaluation the model card quotes
+    OUT/USAGE.md           snippets for sentence-transformers, LangChain and LlamaIndex
+    OUT/manifest.json      stage "export": sources, what was missing, checks
+
+Nothing outside OUT is written and nothing outside RUN_DIR is read: paths from manifests that
+are absolute or climb out with ``..`` are refused, symlinks whose target lies outside RUN_DIR are
+neither followed nor copied. Only weight files in safetensors format are copied; the exported
+model is loaded back and must give the source model's embeddings.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from .config import StrictModel
+from .errors import IndexMismatchError, ModelError, RunDirError
+from .io import TMP_PREFIX, atomic_write_json, atomic_write_text, atomic_write_with, sha256_file, sha256_json
+from .manifest import MANIFEST, read_manifest, stage_key, write_manifest
+from .models import PICKLE_SUFFIXES, check_model_folder, model_fingerprint
+
+log = logging.getLogger("embedtune")
+
+STAGE = "export"
+# What a sentence-transformers folder needs: weights, configs, tokenizer files (vocab.txt,
+# merges.txt, sentencepiece .model, tiktoken), and code files of trust_remote_code models.
+MODEL_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".tiktoken", ".py")
+PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")
+MIN_COSINE = 0.9999
+SAMPLE_TEXTS = (
+    "What does this model do?",
+    "A longer passage of text that the model turns into one vector, so that similar passages end up close together.",
+    "short",
+)
+
+
+class ExportConfig(StrictModel):
+    onnx: bool = Field(False, description="Also export the transformer to ONNX (model/onnx/model.onnx), checked against torch.")
+    onnx_opset: int = Field(18, ge=14, description="ONNX opset of the export.")
+    check_samples: int = Field(64, gt=0, description="Texts (passages of the index when there is one) used to check the exported model.")
+
+
+# --------------------------------------------------------------------------- paths that stay inside
+
+
+def _inside(root: Path, path: Path) -> bool:
+    """Whether ``path`` (symlinks resolved) lies in ``root``."""
+    try:
+        Path(os.path.realpath(path)).relative_to(os.path.realpath(root))
+        return True
+    except ValueError:
+        return False
+
+
+def safe_relative(rel: str, *, source: Path, field: str) -> Path:
+    """A relative path from a manifest that may neither be absolute nor climb out with ``..``."""
+    p = Path(rel)
+    if not rel or p.is_absolute() or rel.startswith(("/", "\\")) or ".." in p.parts or (len(rel) > 1 and rel[1] == ":"):
+        raise RunDirError(f"refusing path '{rel}': export paths must stay inside the folder (no absolute paths, no '..')", file=source, field=field)
+    return p
+
+
+@dataclass
+class CopyLog:
+    copied: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "path (why)"
+
+
+def _copy_file(src: Path, dst: Path, run_root: Path, out_root: Path, log_: CopyLog, rel: str) -> bool:
+    """Copy one regular file's bytes; a symlink is followed only when its target is inside RUN_DIR."""
+    if src.is_symlink() and not _inside(run_root, src):
+        log_.skipped.append(f"{rel} (symlink pointing outside the run folder, not followed)")
+        return False
+    if not src.is_file():
+        log_.skipped.append(f"{rel} (not a regular file)")
+        return False
+    if not _inside(out_root, dst.parent):
+        raise RunDirError(f"refusing to write outside the export folder: {rel}", file=dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst, follow_symlinks=True)
+    log_.copied.append(rel)
+    return True
+
+
+def model_files(src: Path, run_root: Path) -> tuple[list[tuple[str, Path]], list[str]]:
+    """The files of a sentence-transformers folder worth exporting, as (relative path, source):
+    weights (safetensors), configs and tokenizer files, plus "path (why)" for everything left
+    out: pickles (``*.bin``, ``*.pt``, ``training_args.bin``...), trainer checkpoints, the
+    source's README, symlinks leading outside the run folder, symlinked folders."""
+    files: list[tuple[str, Path]] = []
+    skipped: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(src, followlinks=False):
+        here = Path(dirpath)
+        for d in sorted(dirnames):
+            full = here / d
+            if full.is_symlink():
+                skipped.append(f"{full.relative_to(src).as_posix()}/ (symlinked folder, not followed)")
+                dirnames.remove(d)
+            elif d.startswith((".", "checkpoint")) or d in ("onnx", "openvino", "__pycache__"):
+                skipped.append(f"{full.relative_to(src).as_posix()}/ (not part of the model)")
+                dirnames.remove(d)
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = here / name
+            rel = full.relative_to(src).as_posix()
+            if name.lower() == "readme.md" and here == src:
+                continue  # replaced by the generated model card
+            if name.startswith(".") or full.suffix not in MODEL_SUFFIXES:
+                skipped.append(f"{rel} ({'pickle, never exported' if full.suffix in PICKLE_SUFFIXES else 'not a model file'})")
+            elif full.is_symlink() and not _inside(run_root, full):
+                skipped.append(f"{rel} (symlink pointing outside the run folder, not followed)")
+            elif not full.is_file():
+                skipped.append(f"{rel} (not a regular file)")
+            else:
+                files.append((rel, full))
+    return files, skipped
+
+
+def copy_model_folder(src: Path, dst: Path, run_root: Path, out_root: Path) -> CopyLog:
+    """Copy what :func:`model_files` selects from ``src`` to ``dst``."""
+    files, skipped = model_files(src, run_root)
+    log_ = CopyLog(skipped=skipped)
+    for rel, full in files:
+        _copy_file(full, dst / rel, run_root, out_root, log_, rel)
+    return log_
+
+
+def _model_source_hash(src: Path, run_root: Path) -> str:
+    """Identity of the model an export would copy (the selected files' names and contents)."""
+    files, _ = model_files(src, run_root)
+    return sha256_json({rel: sha256_file(full) for rel, full in files})
+
+
+def verify_no_pickles(folder: Path) -> int:
+    """No pickle file anywhere (by suffix or magic bytes); every safetensors file parses.
+    Returns the number of safetensors files."""
+    from safetensors import safe_open
+
+    n = 0
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file():
+            continue
+        if p.suffix in PICKLE_SUFFIXES:
+            raise ModelError("exported folder holds a pickle file", file=p)
+        if p.suffix == ".safetensors":
+            try:
+                with safe_open(str(p), framework="np") as fh:
+                    list(fh.keys())
+            except Exception as err:
+                raise ModelError(f"not a valid safetensors file ({type(err).__name__})", file=p) from None
+            n += 1
+            continue
+        with open(p, "rb") as fh:
+            head = fh.read(4)
+        if head.startswith(PICKLE_MAGIC):
+            raise ModelError("exported file looks like a pickle or torch zip archive", file=p)
+    if n == 0:
+        raise ModelError("exported model has no safetensors weights", file=folder)
+    return n
+
+
+# --------------------------------------------------------------------------- reading the run folder
+
+
+@dataclass
+class RunParts:
+    root: Path
+    kind: str  # "pipeline" | "train" | "model"
+    model_dir: Path
+    train_manifest: dict[str, Any] | None = None
+    mine_manifest: dict[str, Any] | None = None
+    index_dir: Path | None = None
+    index_manifest: dict[str, Any] | None = None
+    eval_metrics: dict[str, Any] | None = None
+    eval_path: Path | None = None
+    missing: list[str] = field(default_factory=list)
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RunDirError(f"{what} is not valid JSON", file=path) from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{what} must be a JSON object", file=path)
+    return data
+
+
+def _part(root: Path, rel: str) -> Path | None:
+    """``root/rel`` if it exists and does not lead outside ``root`` through a symlink."""
+    p = root / rel
+    if not (p.exists() or p.is_symlink()):
+        return None
+    if not _inside(root, p):
+        raise RunDirError(f"'{rel}' is a symlink pointing outside the run folder; refusing to follow it", file=p)
+    return p
+
+
+def _is_model_folder(p: Path) -> bool:
+    return (p / "modules.json").is_file() or (p / "config.json").is_file()
+
+
+def read_run_folder(run_dir: str | Path) -> RunParts:
+    """Find the model, manifests, index and evaluation in ``run_dir`` and say what is missing."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise RunDirError("run folder not found", file=root)
+    if (m := _part(root, "train/model")) is not None and m.is_dir():
+        parts = RunParts(root=root, kind="pipeline", model_dir=m)
+        train = _part(root, "train/" + MANIFEST)
+        parts.train_manifest = _read_json(train, "train manifest") if train else None
+        if train is None:
+            parts.missing.append("train/manifest.json (training settings)")
+        mine = _part(root, "mine/" + MANIFEST)
+        parts.mine_manifest = _read_json(mine, "mine manifest") if mine else None
+        if mine is None:
+            parts.missing.append("mine/manifest.json (mining settings)")
+        index = _part(root, "index")
+        if index is not None and (index / MANIFEST).is_file():
+            parts.index_dir = index
+            parts.index_manifest = _read_json(_part(root, "index/" + MANIFEST), "index manifest")
+        else:
+            parts.missing.append("index/ (no index built)")
+        metrics = _part(root, "eval/metrics.json")
+        if metrics is not None:
+            parts.eval_path = metrics
+            parts.eval_metrics = _read_json(metrics, "evaluation metrics")
+        else:
+            parts.missing.append("eval/metrics.json (no evaluation)")
+        return parts
+    if (m := _part(root, "model")) is not None and m.is_dir() and _is_model_folder(m):
+        parts = RunParts(root=root, kind="train", model_dir=m)
+        manifest = _part(root, MANIFEST)
+        parts.train_manifest = _read_json(manifest, "train manifest") if manifest else None
+        parts.missing += ["mine manifest", "index", "evaluation"] + ([] if manifest else ["train manifest"])
+        return parts
+    if _is_model_folder(root):
+        return RunParts(root=root, kind="model", model_dir=root, missing=["train manifest", "mine manifest", "index", "evaluation"])
+    raise RunDirError("no trained model here: expected train/model/ (pipeline run), model/ (train --out) or a sentence-transformers folder", file=root)
+
+
+# --------------------------------------------------------------------------- the export
+
+
+def _new_temp_dir(out_dir: Path) -> Path:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out_dir.name}.", dir=out_dir.parent))
+
+
+def _sample_texts(parts: RunParts, n: int) -> list[str]:
+    """Real passages of the run's index when there is one (what the model will embed), plus a
+    few fixed texts of other lengths."""
+    texts: list[str] = []
+    store = parts.index_dir / "passages.jsonl" if parts.index_dir is not None else None
+    if store is not None and store.is_file() and _inside(parts.root, store):
+        with open(store, encoding="utf-8") as fh:
+            for line in fh:
+                if len(texts) >= n:
+                    break
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    break
+                texts.append(f"{row.get('title', '')} {row.get('text', '')}".strip())
+    return texts + list(SAMPLE_TEXTS)
+
+
+def _load_st(path: Path):
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        return SentenceTransformer(str(path), device="cpu", local_files_only=True, model_kwargs={"use_safetensors": True})
+    except Exception as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelError(f"cannot load model: {msg}", file=path) from None
+
+
+def _check_same_embeddings(source, exported, texts: list[str], prompt: str) -> float:
+    a = source.encode(texts, prompt=prompt or None, normalize_embeddings=True, convert_to_numpy=True)
+    b = exported.encode(texts, prompt=prompt or None, normalize_embeddings=True, convert_to_numpy=True)
+    cos = float(np.min(np.sum(a * b, axis=1)))
+    if cos < MIN_COSINE:
+        raise ModelError(f"exported model gives other embeddings than the run's model (min cosine {cos:.6f})")
+    return cos
+
+
+def _source_inputs(parts: RunParts) -> dict[str, str]:
+    """Hashes of everything an export is made from: same hashes and config -> same export."""
+    inputs = {"model": _model_source_hash(parts.model_dir, parts.root)}
+    for name, rel in (("train_manifest", "train/" + MANIFEST), ("mine_manifest", "mine/" + MANIFEST), ("index_manifest", "index/" + MANIFEST), ("eval_metrics", "eval/metrics.json")):
+        p = _part(parts.root, rel)
+        if p is not None and p.is_file():
+            inputs[name] = sha256_file(p)
+    if parts.kind == "train" and (p := _part(parts.root, MANIFEST)) is not None:
+        inputs["train_manifest"] = sha256_file(p)
+    return inputs
+
+
+def _check_out_location(parts: RunParts, out_dir: Path) -> None:
+    """``--out`` may sit in the run folder (the pipeline exports to RUN/export) but must not be
+    the run folder, contain it, or lie inside a part the export reads."""
+    if os.path.realpath(out_dir) == os.path.realpath(parts.root) or _inside(out_dir, parts.root):
+        raise RunDirError("--out must not be or contain the run folder", file=out_dir)
+    for source in (parts.model_dir, parts.index_dir, parts.eval_path.parent if parts.eval_path else None):
+        if source is not None and _inside(source, out_dir):
+            raise RunDirError(f"--out must not be inside the run folder's {source.name}/", file=out_dir)
+
+
+def _existing_export(out_dir: Path, key: str, overwrite: bool) -> dict[str, Any] | None:
+    """The manifest of an identical finished export in ``out_dir``; raises when ``out_dir``
+    holds anything else (unless ``overwrite``)."""
+    if not out_dir.exists() or overwrite:
+        return None
+    if not out_dir.is_dir():
+        raise RunDirError("--out exists and is not a folder", file=out_dir)
+    if not any(out_dir.iterdir()):
+        return None
+    try:
+        manifest = read_manifest(out_dir)
+    except RunDirError:
+        manifest = None
+    if manifest and manifest.get("stage") == STAGE and manifest.get("key") == key and manifest.get("status") == "complete":
+        return manifest
+    raise RunDirError("export folder exists and is not empty (another export or other files); choose another --out or pass --overwrite", file=out_dir)
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig | None = None, *, overwrite: bool = False) -> dict[str, Any]:
+    """Export ``run_dir`` into ``out_dir`` (see the module docstring). Returns a summary dict.
+
+    The same config and sources with a finished export in ``out_dir`` return at once
+    (``skipped: True``); a killed export leaves no half folder (temp folder + rename)."""
+    cfg = cfg or ExportConfig()
+    t0 = time.perf_counter()
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    parts = read_run_folder(run_dir)
+    _check_out_location(parts, out_dir)
+    check_model_folder(parts.model_dir)
+    inputs = _source_inputs(parts)
+    key = stage_key(cfg, inputs)
+    existing = _existing_export(out_dir, key, overwrite)
+    if existing is not None:
+        return {**existing["summary"], "skipped": True, "out": str(out_dir)}
+    for p in out_dir.parent.glob(f"{TMP_PREFIX}{out_dir.name}.*") if out_dir.parent.is_dir() else []:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+
+    tmp = _new_temp_dir(out_dir)
+    try:
+        summary = _export_into(parts, tmp, cfg, final_dir=out_dir.resolve())
+        summary["timings"] = {"total": time.perf_counter() - t0}
+        summary["skipped"] = False
+        write_manifest(
+            tmp, stage=STAGE, key=key, config=cfg, inputs=inputs,
+            models={"exported": {"path": "model", "sha256": summary["model_sha256"]}},
+            metrics={"check_min_cosine": summary["check_min_cosine"], **({"onnx_min_cosine": summary["onnx"]["min_cosine"]} if summary.get("onnx") else {})},
+            timings=summary["timings"], artifacts=summary["artifacts"],
+            extra={"run_dir": str(run_dir.resolve()), "run_kind": parts.kind, "missing": parts.missing, "summary": summary},
+        )
+        (tmp / MANIFEST).chmod(0o644)
+        tmp.chmod(0o755)
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out_dir.name}.old.", dir=out_dir.parent))
+            os.rmdir(old)
+            os.rename(out_dir, old)
+            os.rename(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    summary["out"] = str(out_dir)
+    return summary
+
+
+def _export_into(parts: RunParts, out: Path, cfg: ExportConfig, *, final_dir: Path) -> dict[str, Any]:
+    """Write the export into ``out`` (a temp folder renamed to ``final_dir`` afterwards; the
+    snippets name ``final_dir``)."""
+    model_out = out / "model"
+    copied = copy_model_folder(parts.model_dir, model_out, parts.root, out)
+    n_weights = verify_no_pickles(model_out)
+    fingerprint = model_fingerprint(model_out)
+    prompts = _prompts(parts)
+
+    # The exported folder must load with plain sentence-transformers and embed like the source.
+    texts = _sample_texts(parts, cfg.check_samples)
+    source, exported = _load_st(parts.model_dir), _load_st(model_out)
+    min_cos = _check_same_embeddings(source, exported, texts, prompts["document"])
+    del source
+
+    summary: dict[str, Any] = {
+        "run_kind": parts.kind, "model_sha256": fingerprint, "weights_files": n_weights,
+        "model_files": len(copied.copied), "not_exported": list(copied.skipped), "missing": list(parts.missing),
+        "check_min_cosine": min_cos, "dim": exported.get_embedding_dimension(), "max_seq_length": exported.max_seq_length,
+        "prompts": prompts,
+    }
+    if parts.index_dir is not None:
+        summary["index"] = _export_index(parts, out / "index", fingerprint, summary["not_exported"])
+    if parts.eval_metrics is not None:
+        atomic_write_json(out / "eval" / "metrics.json", parts.eval_metrics)
+    if cfg.onnx:
+        summary["onnx"] = export_onnx(exported, model_out, texts, opset=cfg.onnx_opset)
+    del exported
+
+    atomic_write_text(model_out / "README.md", render_model_card(parts, summary))
+    atomic_write_text(out / "USAGE.md", render_usage(final_dir, summary))
+    for p in out.rglob("*"):  # temp files are created 0600; an export is meant to be shared
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    summary["artifacts"] = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    return summary
+
+
+# --------------------------------------------------------------------------- ONNX
+
+
+def onnx_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime", "onnxscript"))
+
+
+def export_onnx(model, model_dir: Path, texts: list[str], *, opset: int = 18, min_cosine: float = MIN_COSINE) -> dict[str, Any]:
+    """Export the model's transformer to ``model_dir/onnx/model.onnx`` and check it.
+
+    The graph takes the tokenizer's tensors and returns ``last_hidden_state``: the layout
+    optimum writes and sentence-transformers loads with ``SentenceTransformer(path,
+    backend="onnx")`` (pooling and normalisation stay in the sentence-transformers modules).
+    sentence-transformers' own exporter needs optimum, whose releases pin transformers < 5, so
+    the graph is exported here with ``torch.onnx.export`` (the dynamo exporter). The check runs
+    the graph with onnxruntime, applies the model's remaining modules and compares with the
+    torch embeddings: every cosine must be >= ``min_cosine``.
+    """
+    if not onnx_available():
+        raise ModelError("--onnx needs the packages onnx, onnxruntime and onnxscript (pip install onnx onnxruntime onnxscript)")
+    import torch
+
+    transformer = model[0]
+    auto_model = getattr(transformer, "auto_model", None)
+    tokenizer = getattr(transformer, "tokenizer", None)
+    if auto_model is None or tokenizer is None:
+        raise ModelError(f"ONNX export needs a Hugging Face transformer as the first module, got {type(transformer).__name__}", file=model_dir)
+    example = tokenizer(list(texts[:2]) or ["example"], padding=True, truncation=True, max_length=model.max_seq_length, return_tensors="pt")
+    accepted = set(inspect.signature(auto_model.forward).parameters)
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in example and n in accepted]
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if token_type_ids is not None:
+                kwargs["token_type_ids"] = token_type_ids
+            return self.inner(**kwargs).last_hidden_state
+
+    wrapper = LastHiddenState(auto_model).eval()
+    batch, seq = torch.export.Dim("batch_size"), torch.export.Dim("sequence_length")
+    t0 = time.perf_counter()
+    onnx_path = model_dir / "onnx" / "model.onnx"
+
+    def write(tmp: Path) -> None:
+        with torch.no_grad():
+            program = torch.onnx.export(
+                wrapper, tuple(example[n] for n in names), input_names=names, output_names=["last_hidden_state"],
+                dynamic_shapes=tuple({0: batch, 1: seq} for _ in names), opset_version=opset, dynamo=True,
+                external_data=False, verbose=False,
+            )
+        program.save(str(tmp), external_data=False)
+
+    try:
+        atomic_write_with(onnx_path, write)
+    except ModelError:
+        raise
+    except Exception as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelError(f"ONNX export failed: {msg}", file=model_dir) from None
+    export_s = time.perf_counter() - t0
+    min_cos = check_onnx(model, onnx_path, texts, names)
+    if min_cos < min_cosine:
+        onnx_path.unlink()
+        raise ModelError(f"ONNX embeddings differ from torch (min cosine {min_cos:.6f} < {min_cosine}); ONNX file removed", file=onnx_path)
+    return {"path": "model/onnx/model.onnx", "inputs": names, "opset": opset, "min_cosine": min_cos, "texts": len(texts),
+            "bytes": onnx_path.stat().st_size, "export_s": round(export_s, 2)}
+
+
+def check_onnx(model, onnx_path: Path, texts: list[str], names: list[str], batch_size: int = 16) -> float:
+    """Smallest cosine between onnxruntime and torch embeddings of ``texts``."""
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    tokenizer = model[0].tokenizer
+    reference = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True, batch_size=batch_size)
+    parts = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[i : i + batch_size], padding=True, truncation=True, max_length=model.max_seq_length, return_tensors="np")
+        hidden = session.run(["last_hidden_state"], {n: enc[n].astype(np.int64) for n in names})[0]
+        features = {k: torch.from_numpy(np.asarray(v)) for k, v in enc.items()}
+        features["token_embeddings"] = torch.from_numpy(hidden)
+        with torch.no_grad():
+            for module in list(model)[1:]:
+                features = module(features)
+        parts.append(features["sentence_embedding"].float().numpy())
+    emb = np.concatenate(parts)
+    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return float(np.min(np.sum(emb * reference, axis=1)))
+
+
+def _prompts(parts: RunParts) -> dict[str, str]:
+    """Query/document prompts the model was trained and indexed with (index manifest first)."""
+    if parts.index_manifest and isinstance(parts.index_manifest.get("index"), dict):
+        info = parts.index_manifest["index"]
+        return {"query": info.get("query_prompt", ""), "document": info.get("document_prompt", "")}
+    model_cfg = ((parts.train_manifest or {}).get("config") or {}).get("model") or {}
+    return {"query": model_cfg.get("query_prompt", "") or "", "document": model_cfg.get("document_prompt", "") or ""}
+
+
+def _export_index(parts: RunParts, dst: Path, fingerprint: str, skipped: list[str]) -> dict[str, Any]:
+    """Copy the files the index manifest lists (checking their sha256 on the way) and write its
+    manifest with the model path pointing at the exported model."""
+    manifest = dict(parts.index_manifest or {})
+    src = parts.index_dir
+    source = src / MANIFEST
+    info = manifest.get("index")
+    files = manifest.get("files")
+    if manifest.get("stage") != "index" or not isinstance(info, dict) or not isinstance(files, dict):
+        raise IndexMismatchError("not a complete index manifest", file=source)
+    if info.get("model_sha256") != fingerprint:
+        raise RunDirError(
+            f"the run's index was built with another model (fingerprint {str(info.get('model_sha256'))[:12]}, "
+            f"trained model {fingerprint[:12]}); rebuild it with 'embedtune index build --model <run>/train/model'",
+            file=source, field="index.model_sha256",
+        )
+    log_ = CopyLog()
+    for rel, expected in files.items():
+        relp = safe_relative(rel, source=source, field="files")
+        s, d = src / relp, dst / relp
+        if not _inside(parts.root, s):
+            raise RunDirError(f"index file '{rel}' leads outside the run folder (symlink); refusing to copy it", file=s)
+        if not _copy_file(s, d, parts.root, dst.parent, log_, rel):
+            raise IndexMismatchError("index file missing", file=s)
+        if sha256_file(d) != expected.get("sha256"):
+            raise IndexMismatchError("index file differs from its manifest (corrupt or changed after the build)", file=s)
+    skipped.extend(f"index/{s}" for s in log_.skipped)
+    info = {**info, "model_path": "../model"}
+    manifest["index"] = info
+    if isinstance(manifest.get("models"), dict) and isinstance(manifest["models"].get("embedding"), dict):
+        manifest["models"] = {**manifest["models"], "embedding": {**manifest["models"]["embedding"], "path": "../model"}}
+    atomic_write_json(dst / MANIFEST, manifest)
+    return {"count": info.get("count"), "backend": info.get("backend"), "dim": info.get("dim"), "files": len(log_.copied)}
+
+
+# --------------------------------------------------------------------------- model card and USAGE.md
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        text = f"{value:.4g}"
+    elif isinstance(value, (list, tuple)):
+        text = ", ".join(str(v) for v in value) if value else "(none)"
+    elif value is None or value == "":
+        text = "(none)" if value == "" else "-"
+    else:
+        text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            rows += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    else:
+        rows.append((prefix, obj))
+    return rows
+
+
+def _settings_table(config: dict[str, Any], skip: tuple[str, ...] = ()) -> list[str]:
+    lines = ["| setting | value |", "|---|---|"]
+    for key, value in _flatten(config):
+        if not key.startswith(skip):
+            lines.append(f"| `{key}` | {_cell(value)} |")
+    return lines
+
+
+def _base_model(parts: RunParts) -> str | None:
+    train = parts.train_manifest or {}
+    base = (train.get("models") or {}).get("base") or {}
+    return base.get("name") or ((train.get("config") or {}).get("model") or {}).get("name")
+
+
+def render_model_card(parts: RunParts, s: dict[str, Any]) -> str:
+    """A sentence-transformers style README: every value comes from the run's files."""
+    base = _base_model(parts)
+    train = parts.train_manifest or {}
+    mine = parts.mine_manifest or {}
+    tcfg, mcfg = train.get("config") or {}, mine.get("config") or {}
+    tags = ["sentence-transformers", "feature-extraction", "sentence-similarity", "embedtune"]
+    front = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity", "tags:"] + [f"- {t}" for t in tags]
+    if base and not Path(base).is_absolute() and not base.startswith("."):
+        front.append(f"base_model: {json.dumps(base)}")
+    front.append("---")
+    lines = front + ["", f"# Fine-tuned embedding model{f' (from {base})' if base else ''}", ""]
+    lines += [
+        "A [sentence-transformers](https://www.sbert.net) model tuned for retrieval with embedtune. "
+        "It maps text to normalised vectors; compare them with cosine similarity (= inner product).", "",
+        "| | |", "|---|---|",
+        f"| Base model | {_cell(base or 'unknown (no train manifest)')} |",
+        f"| Embedding dimension | {s['dim']} |",
+        f"| Max sequence length | {s['max_seq_length']} tokens |",
+        "| Similarity | cosine (L2-normalised vectors, inner product) |",
+        f"| Query prompt | `{s['prompts']['query']}` |" if s["prompts"]["query"] else "| Query prompt | (none) |",
+        f"| Document prompt | `{s['prompts']['document']}` |" if s["prompts"]["document"] else "| Document prompt | (none) |",
+        f"| Weights fingerprint (sha256) | `{s['model_sha256']}` |",
+        "",
+    ]
+    lines += ["## Training data", ""]
+    if mcfg or train:
+        data_rows = [("pairs", mcfg.get("pairs")), ("corpus (negatives mined from)", mcfg.get("corpus")),
+                     ("mined data hash", (train.get("inputs") or {}).get("data"))]
+        rows = (train.get("metrics") or {}).get("train_rows")
+        if isinstance(rows, dict):
+            data_rows += [(f"training rows: {k}", v) for k, v in rows.items()]
+        elif rows is not None:
+            data_rows.append(("training rows", rows))
+        lines += ["| | |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in data_rows if v is not None] + [""]
+    else:
+        lines += ["Not recorded (the export was made from a model folder without run manifests).", ""]
+    if mcfg:
+        lines += ["## Hard-negative mining", "", f"Settings of the mining run (`mine/manifest.json`, created {mine.get('created', '?')}):", ""]
+        lines += _settings_table(mcfg) + [""]
+    if tcfg:
+        lines += ["## Training", "", f"Loss and optimisation settings (`train/manifest.json`, created {train.get('created', '?')}):", ""]
+        lines += _settings_table(tcfg) + [""]
+        tm = train.get("metrics") or {}
+        if tm.get("best_dev_ndcg@10") is not None:
+            lines += [f"Dev nDCG@10 during training: {_cell(tm.get('base_dev_ndcg@10'))} (base) -> {_cell(tm.get('best_dev_ndcg@10'))} (best checkpoint); dev set: {_cell(tm.get('dev'))}.", ""]
+    lines += ["## Evaluation", ""] + render_eval_table(parts.eval_metrics, s["model_sha256"]) + [""]
+    lines += ["## Usage", "", "```python", "from sentence_transformers import SentenceTransformer", "",
+              'model = SentenceTransformer("path/to/this/folder")',
+              f"query_vectors = model.encode([\"your question\"]{_prompt_arg(s['prompts']['query'])})",
+              f"doc_vectors = model.encode([\"a passage\"]{_prompt_arg(s['prompts']['document'])})",
+              "print(model.similarity(query_vectors, doc_vectors))", "```", "",
+              "See USAGE.md next to this folder for LangChain and LlamaIndex."]
+    if s.get("onnx"):
+        lines += ["", f"An ONNX export of the transformer is in `onnx/model.onnx` (checked against torch: min cosine {s['onnx']['min_cosine']:.6f} on {s['onnx']['texts']} texts)."]
+    versions = train.get("versions") or {}
+    if versions:
+        lines += ["", "## Framework versions", ""] + [f"- {k}: {v}" for k, v in versions.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _prompt_arg(prompt: str) -> str:
+    return f", prompt={json.dumps(prompt)}" if prompt else ""
+
+
+CARD_METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10", "map@10")
+
+
+def render_eval_table(metrics: dict[str, Any] | None, fingerprint: str = "") -> list[str]:
+    """The evaluation of ``embedtune eval`` (``metrics.json``): mean metrics per system, then
+    each system's deltas against the baseline with 95% CI and paired-test p-value. The system
+    whose weights fingerprint is the exported model's is marked."""
+    if not metrics:
+        return ["No evaluation in the run folder (run `embedtune eval` and export again)."]
+    systems = metrics.get("systems")
+    if not isinstance(systems, list) or not systems or not all(isinstance(x, dict) and isinstance(x.get("metrics"), dict) for x in systems):
+        return ["The run's eval/metrics.json has no per-system metrics (not written by `embedtune eval`?); see eval/metrics.json."]
+    available = [m for m in CARD_METRICS if all(m in x["metrics"] for x in systems)] or sorted(systems[0]["metrics"])
+    this = {x.get("name") for x in systems if isinstance(x.get("model"), dict) and x["model"].get("sha256") == fingerprint}
+
+    def label(name: str) -> str:
+        return f"{name} (this model)" if name in this else str(name)
+
+    lines = [
+        f"{Path(str(metrics.get('dataset', '?'))).name} / {metrics.get('split', '?')}: {metrics.get('queries', '?')} queries, "
+        f"{metrics.get('documents', '?')} documents; exact cosine search, metrics by pytrec_eval as in BEIR.", "",
+        "| metric | " + " | ".join(label(x.get("name", "?")) for x in systems) + " |",
+        "|---|" + "---:|" * len(systems),
+    ]
+    for m in available:
+        lines.append(f"| {m} | " + " | ".join(f"{x['metrics'][m]:.4f}" for x in systems) + " |")
+    if not this:
+        lines += ["", "Note: no evaluated system has this model's weights fingerprint; the evaluation is of another model version."]
+    for c in metrics.get("comparisons") or []:
+        rows = c.get("metrics") or {}
+        lines += ["", f"{label(c.get('system', '?'))} vs {label(c.get('baseline', '?'))} (paired randomization test over queries):", "",
+                  "| metric | delta | 95% CI | p-value |", "|---|---:|---:|---:|"]
+        for m in available:
+            r = rows.get(m)
+            if isinstance(r, dict) and {"delta", "p_value"} <= set(r):
+                ci = r.get("ci95") or [float("nan"), float("nan")]
+                lines.append(f"| {m} | {r['delta']:+.4f} | [{ci[0]:+.4f}, {ci[1]:+.4f}] | {r['p_value']:.4f} |")
+        wtl = c.get("ndcg@10_per_query")
+        if isinstance(wtl, dict):
+            lines += ["", f"Per query nDCG@10: {wtl.get('wins')} wins / {wtl.get('ties')} ties / {wtl.get('losses')} losses."]
+    return lines
+
+
+def render_usage(final_dir: Path, s: dict[str, Any]) -> str:
+    """USAGE.md: snippets with this export's real paths and prompts. The sentence-transformers
+    one is executed by the tests."""
+    model = str(final_dir / "model")
+    qp, dp = s["prompts"]["query"], s["prompts"]["document"]
+    has_index = "index" in s
+    store = str(final_dir / "index" / "passages.jsonl")
+    if has_index:
+        load_texts = [
+            f"with open({json.dumps(store)}, encoding=\"utf-8\") as fh:",
+            "    passages = [json.loads(line) for line in fh]",
+            "texts = [f\"{p['title']} {p['text']}\".strip() for p in passages]",
+        ]
+    else:
+        load_texts = ["texts = " + json.dumps(list(SAMPLE_TEXTS))]
+    import_json = ["import json", ""] if has_index else []
+    lines = [
+        "# Using the exported model", "",
+        f"Model: `{model}` (sentence-transformers folder, safetensors). Vectors are L2-normalised: "
+        "cosine similarity = inner product.",
+        f"Query prompt: {('`' + qp + '`') if qp else '(none)'}; document prompt: {('`' + dp + '`') if dp else '(none)'}. "
+        "Use them exactly as below, or the scores will not match the evaluation.", "",
+        "## sentence-transformers", "", "```python",
+        *import_json,
+        "from sentence_transformers import SentenceTransformer", "",
+        *load_texts,
+        "",
+        f"model = SentenceTransformer({json.dumps(model)})",
+        f"doc_vectors = model.encode(texts[:100]{_prompt_arg(dp)}, normalize_embeddings=True)",
+        f"query_vectors = model.encode([\"what is this collection about?\"]{_prompt_arg(qp)}, normalize_embeddings=True)",
+        "scores = model.similarity(query_vectors, doc_vectors)[0]",
+        "for score, i in zip(*scores.topk(min(3, len(texts[:100])))):",
+        "    print(f\"{score:.3f}  {texts[int(i)][:80]}\")",
+        "```", "",
+    ]
+    if has_index:
+        lines += [
+            "## The exported index (embedtune)", "",
+            f"`index/` holds {s['index']['count']:,} passages ({s['index']['backend']} backend) embedded with this model; "
+            "its manifest points at `../model`.", "", "```bash",
+            f"embedtune search {final_dir / 'index'} \"your question\" -k 5",
+            f"embedtune search {final_dir / 'index'} --queries queries.txt --out results.jsonl   # many queries in one call",
+            "```", "",
+        ]
+    enc = ["\"normalize_embeddings\": True"] + ([f"\"prompt\": {json.dumps(dp)}"] if dp else [])
+    qenc = ["\"normalize_embeddings\": True"] + ([f"\"prompt\": {json.dumps(qp)}"] if qp else [])
+    lines += [
+        "## LangChain (`pip install langchain-huggingface langchain-community faiss-cpu`)", "", "```python",
+        *import_json,
+        "from langchain_community.vectorstores import FAISS",
+        "from langchain_community.vectorstores.utils import DistanceStrategy",
+        "from langchain_huggingface import HuggingFaceEmbeddings", "",
+        *load_texts,
+        "",
+        "embeddings = HuggingFaceEmbeddings(",
+        f"    model_name={json.dumps(model)},",
+        f"    encode_kwargs={{{', '.join(enc)}}},",
+        f"    query_encode_kwargs={{{', '.join(qenc)}}},",
+        ")",
+        "store = FAISS.from_texts(texts, embeddings, distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT)",
+        "for doc, score in store.similarity_search_with_score(\"what is this collection about?\", k=3):",
+        "    print(f\"{score:.3f}  {doc.page_content[:80]}\")",
+        "```", "",
+        "## LlamaIndex (`pip install llama-index-core llama-index-embeddings-huggingface`)", "", "```python",
+        *import_json,
+        "from llama_index.core import VectorStoreIndex",
+        "from llama_index.core.schema import TextNode",
+        "from llama_index.embeddings.huggingface import HuggingFaceEmbedding", "",
+        *load_texts,
+        "",
+        "embed_model = HuggingFaceEmbedding(",
+        f"    model_name={json.dumps(model)},",
+        f"    query_instruction={json.dumps(qp)},",
+        f"    text_instruction={json.dumps(dp)},",
+        "    normalize=True,",
+        ")",
+        "index = VectorStoreIndex([TextNode(text=t) for t in texts], embed_model=embed_model)",
+        "for hit in index.as_retriever(similarity_top_k=3).retrieve(\"what is this collection about?\"):",
+        "    print(f\"{hit.score:.3f}  {hit.node.get_content()[:80]}\")",
+        "```", "",
+    ]
+    if s.get("onnx"):
+        lines += [
+            "## ONNX", "",
+            f"`model/onnx/model.onnx` takes {', '.join(s['onnx']['inputs'])} and returns `last_hidden_state` (pooling and "
+            "normalisation are the model's sentence-transformers modules). With optimum installed "
+            "(`pip install \"sentence-transformers[onnx]\"`), sentence-transformers runs it directly:", "", "```python",
+            "from sentence_transformers import SentenceTransformer", "",
+            f"model = SentenceTransformer({json.dumps(model)}, backend=\"onnx\")",
+            f"vectors = model.encode([\"a passage\"]{_prompt_arg(dp)}, normalize_embeddings=True)",
+            "```", "",
+        ]
+    return "\n".join(lines)
+
+
+__all__ = ["ExportConfig", "export_run", "read_run_folder", "copy_model_folder", "model_files", "verify_no_pickles", "safe_relative", "export_onnx"]

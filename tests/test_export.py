@@ -1,0 +1,260 @@
+"""Export stage: a fake pipeline run folder built with the tiny model -> an export that loads
+with plain sentence-transformers, a model card quoting the run's files, an index that opens
+with the exported model, USAGE.md snippets that run, and paths that never leave the folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from embedtune.config import ChunkingConfig, CorpusConfig, ModelConfig
+from embedtune.errors import RunDirError
+from embedtune.export import ExportConfig, export_run, read_run_folder
+from embedtune.index import IndexConfig, build_index, open_index, query_index
+from embedtune.manifest import write_manifest
+
+DOCS = {
+    "d1": ("Vitamin D", "vitamin d levels reduce cancer risk in patients"),
+    "d2": ("Salt", "high salt diet increase blood pressure and heart disease"),
+    "d3": ("Fish oil", "fish oil acid reduce heart disease risk"),
+    "d4": ("Numpy", "numpy array sum returns the sum of array values"),
+}
+
+
+def eval_metrics(tuned_sha256: str) -> dict:
+    """metrics.json as `embedtune eval --out` writes it, built with the evaluation module's own
+    functions from made-up runs of two systems ("base" and "tuned") on four queries."""
+    from embedtune.evaluation import compare, compute_metrics, mean_metrics
+
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 2}, "q3": {"d3": 1}, "q4": {"d4": 1}}
+    base = {"q1": {"d2": 0.9, "d1": 0.8}, "q2": {"d2": 0.7, "d1": 0.6}, "q3": {"d1": 0.9, "d3": 0.5}, "q4": {"d3": 0.9, "d4": 0.2}}
+    tuned = {"q1": {"d1": 0.9, "d2": 0.8}, "q2": {"d2": 0.7, "d1": 0.6}, "q3": {"d3": 0.9, "d1": 0.5}, "q4": {"d4": 0.9, "d3": 0.2}}
+    systems = []
+    for name, run, sha in (("base", base, "0" * 64), ("tuned", tuned, tuned_sha256)):
+        per_query = compute_metrics(qrels, run)
+        systems.append({"name": name, "kind": "dense", "model": {"path": f"/models/{name}", "sha256": sha},
+                        "per_query": per_query, "metrics": mean_metrics(per_query)})
+    comparison = compare(systems[0]["per_query"], systems[1]["per_query"], permutations=200, seed=0)
+    return {"dataset": "/data/tinyset", "split": "test", "queries": 4, "documents": 4, "skipped_qrels": 0,
+            "systems": systems, "comparisons": [{"system": "tuned", "baseline": "base", **comparison}]}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """A pipeline run folder: train/model (the tiny model saved by ST plus a pickle and a
+    checkpoint that must not be exported), train + mine manifests, index/, eval/metrics.json."""
+    root = tmp_path_factory.mktemp("run")
+    model_dir = root / "train" / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    (model_dir / "training_args.bin").write_bytes(b"\x80\x04pickle")
+    (model_dir / "checkpoint-7").mkdir()
+    (model_dir / "checkpoint-7" / "optimizer.pt").write_bytes(b"PK\x03\x04zip")
+    write_manifest(
+        root / "train", stage="train", key="k-train",
+        config={"model": {"name": "tiny-base-model", "query_prompt": "query: ", "document_prompt": "passage: "},
+                "loss": {"name": "mnrl", "scale": 20.0}, "epochs": 1.0, "batch_size": 16, "learning_rate": 3e-5},
+        inputs={"data": "hash-of-mined-data"},
+        models={"base": {"name": "tiny-base-model"}},
+        metrics={"best_dev_ndcg@10": 0.4321, "base_dev_ndcg@10": 0.3456, "train_rows": 123, "dev": "held-out slice"},
+    )
+    write_manifest(
+        root / "mine", stage="mine", key="k-mine",
+        config={"pairs": "tinyset:train", "corpus": "tinyset", "num_negatives": 7, "range_max": 42, "relative_margin": 0.05},
+        inputs={},
+    )
+    corpus = root / "data" / "corpus.jsonl"
+    corpus.parent.mkdir()
+    corpus.write_text("".join(json.dumps({"_id": k, "title": t, "text": x}) + "\n" for k, (t, x) in DOCS.items()))
+    cfg = IndexConfig(
+        model=ModelConfig(name=str(model_dir), query_prompt="query: ", document_prompt="passage: "),
+        corpus=CorpusConfig(path=str(corpus), chunking=ChunkingConfig(max_tokens=32, overlap=4)),
+        backend="exact-numba", cache_dir=str(root / "cache"),
+    )
+    build_index(cfg, root / "index", show_progress=False)
+    from embedtune.models import model_fingerprint
+
+    (root / "eval").mkdir()
+    (root / "eval" / "metrics.json").write_text(json.dumps(eval_metrics(model_fingerprint(model_dir))))
+    return root
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("exports") / "ship"
+    return out, export_run(run_dir, out, ExportConfig(onnx=True))
+
+
+def test_exported_model_loads_offline_and_embeds_the_same(exported, run_dir):
+    from sentence_transformers import SentenceTransformer
+
+    out, summary = exported
+    texts = ["vitamin d cancer risk", "numpy array sum", "a sentence with unknown words zzz"]
+    plain = SentenceTransformer(str(out / "model"), device="cpu", local_files_only=True)
+    source = SentenceTransformer(str(run_dir / "train" / "model"), device="cpu", local_files_only=True)
+    np.testing.assert_allclose(plain.encode(texts), source.encode(texts), atol=1e-6)
+    assert summary["check_min_cosine"] >= 0.9999
+
+
+def test_only_safetensors_weights_are_exported(exported):
+    out, summary = exported
+    files = [p.relative_to(out / "model").as_posix() for p in (out / "model").rglob("*") if p.is_file()]
+    assert "model.safetensors" in files
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
+    assert not [f for f in files if f.startswith("checkpoint")]
+    assert any("training_args.bin" in s and "pickle" in s for s in summary["not_exported"])
+
+
+def test_model_card_quotes_the_run_files(exported, run_dir):
+    out, _ = exported
+    card = (out / "model" / "README.md").read_text()
+    assert "tiny-base-model" in card and "base_model:" in card
+    assert "`query: `" in card and "`passage: `" in card
+    for needle in ("tinyset:train", "num_negatives", "| 7 |", "mnrl", "learning_rate", "3e-05", "0.4321"):
+        assert needle in card, needle
+    # every value of the evaluation table is read from eval/metrics.json
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    base, tuned = (s["metrics"] for s in metrics["systems"])
+    comparison = metrics["comparisons"][0]["metrics"]
+    assert "tuned (this model)" in card
+    for m in ("ndcg@10", "recall@10", "mrr@10"):
+        r = comparison[m]
+        assert f"| {m} | {base[m]:.4f} | {tuned[m]:.4f} |" in card
+        assert f"| {m} | {r['delta']:+.4f} | [{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}] | {r['p_value']:.4f} |" in card
+    assert comparison["ndcg@10"]["delta"] > 0
+
+
+def test_index_is_exported_and_opens_with_the_exported_model(exported, run_dir):
+    out, summary = exported
+    index = open_index(out / "index")  # default model: ../model, the exported one
+    assert Path(index.model_cfg.name) == (out / "model").resolve()
+    original = open_index(run_dir / "index")
+    queries = ["salt blood pressure", "numpy array"]
+    got = [[(h.passage_id, round(h.score, 5)) for h in hits] for hits in query_index(index, queries, 3)]
+    want = [[(h.passage_id, round(h.score, 5)) for h in hits] for hits in query_index(original, queries, 3)]
+    assert got == want
+    assert summary["index"]["count"] == index.count == len(DOCS)
+    assert index.model_cfg.query_prompt == "query: "
+
+
+def test_onnx_export_matches_torch(exported):
+    out, summary = exported
+    assert (out / "model" / "onnx" / "model.onnx").is_file()
+    assert summary["onnx"]["min_cosine"] >= 0.9999 and summary["onnx"]["texts"] >= len(DOCS)
+
+
+def test_usage_sentence_transformers_snippet_runs(exported):
+    out, _ = exported
+    usage = (out / "USAGE.md").read_text()
+    blocks = re.findall(r"## sentence-transformers\n\n```python\n(.*?)```", usage, re.S)
+    assert blocks and str(out.resolve() / "model") in blocks[0] and 'prompt="query: "' in blocks[0]
+    assert "HuggingFaceEmbeddings" in usage and "HuggingFaceEmbedding(" in usage
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-c", blocks[0]], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 3 and all(re.match(r"-?\d\.\d{3}  \S", line) for line in lines)
+
+
+def test_usage_langchain_snippet_runs(exported):
+    pytest.importorskip("langchain_huggingface")
+    pytest.importorskip("langchain_community")
+    out, _ = exported
+    usage = (out / "USAGE.md").read_text()
+    block = re.findall(r"## LangChain.*?\n\n```python\n(.*?)```", usage, re.S)[0]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(res.stdout.strip().splitlines()) == 3
+
+
+def test_train_out_folder_exports_what_exists(tmp_path, tiny_model_dir):
+    train = tmp_path / "train-out"
+    shutil.copytree(tiny_model_dir, train / "model")
+    write_manifest(train, stage="train", key="k", config={"model": {"name": "base-x"}, "loss": {"name": "gist"}}, inputs={})
+    summary = export_run(train, tmp_path / "ship")
+    assert summary["run_kind"] == "train" and "index" not in summary
+    assert {"index", "evaluation", "mine manifest"} <= set(summary["missing"])
+    card = (tmp_path / "ship" / "model" / "README.md").read_text()
+    assert "base-x" in card and "gist" in card and "No evaluation" in card
+    assert not (tmp_path / "ship" / "index").exists()
+    manifest = json.loads((tmp_path / "ship" / "manifest.json").read_text())
+    assert manifest["stage"] == "export" and manifest["missing"] == summary["missing"]
+
+
+def test_symlink_pointing_outside_is_not_copied(tmp_path, tiny_model_dir):
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"password": "hunter2"}')
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model_dir, run / "model")
+    write_manifest(run, stage="train", key="k", config={}, inputs={})
+    (run / "model" / "stolen.json").symlink_to(secret)
+    (run / "model" / "linked_dir").symlink_to(tmp_path, target_is_directory=True)
+    summary = export_run(run, tmp_path / "ship")
+    exported = [p.name for p in (tmp_path / "ship").rglob("*")]
+    assert "stolen.json" not in exported and "linked_dir" not in exported and "secret.json" not in exported
+    assert any("stolen.json" in s and "outside" in s for s in summary["not_exported"])
+    assert "hunter2" not in "".join(p.read_text(errors="ignore") for p in (tmp_path / "ship").rglob("*") if p.is_file() and p.suffix != ".safetensors")
+
+
+def test_run_folder_part_symlinked_outside_is_refused(tmp_path, run_dir):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train").symlink_to(run_dir / "train", target_is_directory=True)
+    with pytest.raises(RunDirError, match="outside the run folder"):
+        export_run(run, tmp_path / "ship")
+    assert not (tmp_path / "ship").exists()
+
+
+@pytest.mark.parametrize("bad", ["../../escaped.txt", "/tmp/embedtune-absolute-escape.txt", "searcher/../../../escaped.txt"])
+def test_manifest_paths_cannot_escape(tmp_path, run_dir, bad):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, symlinks=True)
+    manifest_path = run / "index" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"][bad] = {"sha256": "0" * 64, "bytes": 1}
+    manifest_path.write_text(json.dumps(manifest))
+    (run / "escaped.txt").write_text("outside the index folder")
+    out = tmp_path / "deep" / "er" / "ship"
+    with pytest.raises(RunDirError, match="must stay inside"):
+        export_run(run, out)
+    assert not out.exists()
+    assert not list(tmp_path.rglob("escaped.txt"))[1:]  # only the planted source file
+    assert not Path("/tmp/embedtune-absolute-escape.txt").exists()
+    assert not list(out.parent.glob(".tmp-*"))
+
+
+def test_out_inside_a_source_part_and_non_empty_out_are_refused(tmp_path, run_dir):
+    with pytest.raises(RunDirError, match="inside the run folder's model/"):
+        export_run(run_dir, run_dir / "train" / "model" / "export")
+    with pytest.raises(RunDirError, match="must not be or contain the run folder"):
+        export_run(run_dir, run_dir.parent)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "something.txt").write_text("x")
+    with pytest.raises(RunDirError, match="not empty"):
+        export_run(run_dir, busy)
+
+
+def test_not_a_run_folder(tmp_path):
+    with pytest.raises(RunDirError, match="no trained model"):
+        read_run_folder(tmp_path)
+
+
+def test_cli_export_json(run_dir, tmp_path):
+    from embedtune.cli import app
+
+    res = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "ship"), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["index"]["count"] == len(DOCS) and summary["missing"] == []
+    res = CliRunner().invoke(app, ["export", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "ship2")])
+    assert res.exit_code == 7 and "run folder not found" in res.output
