@@ -53,6 +53,7 @@ from .config import ModelConfig, Precision, StrictModel
 from .corpus import load_beir, load_corpus, parse_benchmark_source, read_jsonl
 from .errors import ConfigError, InputError, RunDirError
 from .io import TMP_PREFIX, atomic_write_json, atomic_write_with
+from .encoding import cpu_has_bf16
 from .losses import LossConfig, build_loss
 from .manifest import hash_path, prepare_run_folder, read_manifest, stage_key, write_manifest
 
@@ -483,18 +484,9 @@ def resolve_precision(precision: str) -> str:
         return precision
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if AUTO_CPU_PRECISION == "bf16" and not cpu_supports_bf16():
+    if AUTO_CPU_PRECISION == "bf16" and not cpu_has_bf16():
         return "fp32"
     return AUTO_CPU_PRECISION
-
-
-def cpu_supports_bf16() -> bool:
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def world_size() -> int:

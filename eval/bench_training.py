@@ -146,7 +146,8 @@ def main() -> None:
 
     import torch
 
-    from embedtune.training import TrainConfig, cpu_supports_bf16
+    from embedtune.encoding import cpu_has_bf16
+    from embedtune.training import TrainConfig
 
     cols = make_rows(args.data, args.negatives, seed=0)
     cfg = TrainConfig.model_validate({
@@ -161,7 +162,7 @@ def main() -> None:
         mined = write_mined(cols, tmp / "mined")
         if args.compare_precision:
             variants = {"fp32": cfg.model_copy(update={"precision": "fp32"}), "bf16": cfg.model_copy(update={"precision": "bf16"})}
-            if not cpu_supports_bf16() and not torch.cuda.is_available():
+            if not cpu_has_bf16() and not torch.cuda.is_available():
                 sys.exit("this CPU has no bf16 support: nothing to compare")
         for r in range(args.repeats):
             if args.compare_precision:
