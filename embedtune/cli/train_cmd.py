@@ -26,7 +26,7 @@ def train_command(
     learning_rate: float = typer.Option(None, "--lr", help="Peak learning rate (default 2e-5)."),
     max_seq_length: int = typer.Option(None, "--max-seq-length", help="Token limit for queries and documents (default: the model's)."),
     precision: str = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16 (training autocast)."),
-    dev: str = typer.Option(None, "--dev", help="Dev split for evaluation during training, e.g. nfcorpus:dev (default: hold out 10%% of the training queries)."),
+    dev: str = typer.Option(None, "--dev", help="Dev split for evaluation during training, e.g. nfcorpus:dev (default: hold out 10% of the training queries)."),
     rounds: int = typer.Option(None, "--rounds", help="Re-mine negatives with the tuned model and train again (ANCE-style), this many rounds in all."),
     seed: int = typer.Option(None, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint in --out."),
