@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -383,14 +384,17 @@ def _inputs(cfg: IndexConfig, fingerprint: str) -> dict[str, str]:
 
 def _new_temp_dir(out_dir: Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out_dir.name}.", dir=out_dir.parent))
+    return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out_dir.name}.build-", dir=out_dir.parent))
 
 
 def _remove_stale_builds(out_dir: Path) -> None:
     """Temp folders of killed builds of this index (never another index's)."""
+    # Match the exact shape of our temp names (mkdtemp adds 8 characters), so that the build of
+    # a sibling index such as "idx.v2" (".tmp-idx.v2.build-...") is never taken for ours.
+    ours = re.compile(rf"{re.escape(TMP_PREFIX + out_dir.name)}\.(build|old)-[a-z0-9_]{{8}}")
     if out_dir.parent.is_dir():
         for p in out_dir.parent.glob(f"{TMP_PREFIX}{out_dir.name}.*"):
-            if p.is_dir() and not p.is_symlink():
+            if ours.fullmatch(p.name) and p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
 
 
@@ -400,7 +404,7 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
     that the next build removes) -- at every instant ``out_dir`` is complete or absent."""
     old = None
     if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out_dir.name}.old.", dir=out_dir.parent))
+        old = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out_dir.name}.old-", dir=out_dir.parent))
         os.rmdir(old)
         os.rename(out_dir, old)
     os.rename(tmp, out_dir)

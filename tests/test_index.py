@@ -273,3 +273,16 @@ def test_cli_errors_are_one_line(tmp_path):
     assert res.exit_code == 6 and "index folder not found" in res.output
     res = runner.invoke(app, ["index", "build", "--out", str(tmp_path / "x")])
     assert res.exit_code == 4 and "corpus" in res.output
+
+
+def test_stale_build_cleanup_leaves_sibling_indexes_alone(tmp_path):
+    from embedtune.index import _remove_stale_builds
+
+    out = tmp_path / "idx"
+    ours = [tmp_path / ".tmp-idx.build-abcd1234", tmp_path / ".tmp-idx.old-zz_9xy01"]
+    siblings = [tmp_path / ".tmp-idx.v2.build-abcd1234", tmp_path / ".tmp-idx.build-abcd1234.keep"]
+    for p in ours + siblings:
+        p.mkdir()
+    _remove_stale_builds(out)
+    assert [p.exists() for p in ours] == [False, False]
+    assert [p.exists() for p in siblings] == [True, True]
