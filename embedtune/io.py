@@ -20,22 +20,13 @@ TMP_PREFIX = ".tmp-"
 
 
 def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as fh:
+    def write_synced(tmp: Path) -> None:
+        with open(tmp, mode) as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+
+    return atomic_write_with(path, write_synced)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
