@@ -163,3 +163,21 @@ def test_cli_process_has_no_traceback(tmp_path):
     assert proc.returncode == INPUT_ERROR
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: {folder}/corpus.jsonl:1: malformed JSON (Expecting value at column 23)"]
+
+
+def test_five_megabyte_document_is_truncated_with_a_warning(tmp_path, tiny_model_dir):
+    """A 5 MB single document in a JSONL corpus: indexed as its first passages, with a warning
+    that names how many passages were dropped, and nothing else lost."""
+    import json
+
+    corpus = tmp_path / "corpus.jsonl"
+    words = ("salt diet sodium blood pressure " * 170_000)[:5_000_000]
+    corpus.write_text(json.dumps({"_id": "big", "text": words}) + "\n" + json.dumps({"_id": "small", "text": "fish oil"}) + "\n")
+    assert corpus.stat().st_size > 5_000_000
+    out = tmp_path / "index"
+    result = runner.invoke(app, ["index", "build", "--model", tiny_model_dir, "--corpus", str(corpus), "--out", str(out), "--max-tokens", "96", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "truncated" in result.output and "passage(s) dropped" in result.output
+    passages = [json.loads(line) for line in (out / "passages.jsonl").read_text().splitlines()]
+    assert sum(p["doc_id"] == "big" for p in passages) == 2000  # max_passages_per_doc
+    assert any(p["doc_id"] == "small" for p in passages)
