@@ -15,7 +15,7 @@ Exit codes (also in the README):
 5   model not available or unsafe to load
 6   index missing, corrupt, or not matching the model
 7   run folder belongs to another config / is inconsistent
-8   stage not built yet
+130 interrupted (Ctrl-C)
 ==  =========================================================
 """
 
@@ -81,9 +81,3 @@ class RunDirError(EmbedtuneError):
     """A run folder was made by another config or is inconsistent."""
 
     exit_code = 7
-
-
-class NotBuiltError(EmbedtuneError):
-    """A stage of the pipeline that does not exist yet."""
-
-    exit_code = 8
