@@ -50,7 +50,6 @@ from .config import ModelConfig, StrictModel
 from .corpus import Document, load_corpus, parse_benchmark_source
 from .errors import ConfigError, InputError
 from .pairs import (
-    MiningPair,
     PairSet,
     SelfPairsConfig,
     TransformersQueryGenerator,

@@ -76,7 +76,6 @@ def run_ours(model: str, source: str, args, out_dir: Path, cache_dir: Path) -> t
 
 
 def overlap(st_rows, our_dir: Path, source: str) -> dict:
-    from embedtune.corpus import parse_benchmark_source
 
     ours: dict[tuple[str, str], list[str]] = {}
     with open(our_dir / "pairs.jsonl", encoding="utf-8") as fh:
