@@ -138,8 +138,9 @@ class TrainConfig(StrictModel):
         return self
 
 
-# Measured on this project's 2-core AMD Zen 5 CPU (AVX-512 BF16), all-MiniLM-L6-v2, SciFact,
-# see eval/bench_training.py --precision: filled in below once measured.
+# precision="auto" for training on CPU. bf16 autocast runs on CPUs with native bf16, but its effect
+# on the tuned model's quality has not been measured yet (eval/bench_training.py --compare-precision
+# times it; quality needs a recipe run in each precision), so the default stays fp32.
 AUTO_CPU_PRECISION = "fp32"
 
 
