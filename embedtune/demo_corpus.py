@@ -16,11 +16,10 @@ import inspect
 import json
 import logging
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 from .errors import InputError
+from .io import atomic_write_dir
 
 log = logging.getLogger("embedtune")
 
@@ -112,9 +111,8 @@ def build_docstring_corpus(out_dir: str | Path, *, test_fraction: float = 0.2, s
     entries = collect_docstrings(modules)
     if len(entries) < 50:
         raise InputError(f"only {len(entries)} documented functions found in the installed packages; the demo needs at least 50", file=out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-" + out_dir.name, dir=out_dir.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         (tmp / "qrels").mkdir()
         splits: dict[str, list[str]] = {"train": [], "test": []}
         with open(tmp / "corpus.jsonl", "w", encoding="utf-8") as corpus, open(tmp / "queries.jsonl", "w", encoding="utf-8") as queries:
@@ -138,10 +136,5 @@ def build_docstring_corpus(out_dir: str | Path, *, test_fraction: float = 0.2, s
             "documents": len(entries), "train_queries": len(splits["train"]), "test_queries": len(splits["test"]),
             "test_fraction": test_fraction, "seed": seed, "versions": versions, "modules": list(modules),
         }, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+
+    return atomic_write_dir(out_dir, write)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -69,6 +70,23 @@ def atomic_write_with(path: Path, writer: Callable[[Path], None]) -> Path:
             pass
         raise
     return path
+
+
+def atomic_write_dir(target: Path, writer: Callable[[Path], None]) -> Path:
+    """Let ``writer`` fill a temp folder beside ``target`` (``.tmp-<name>-*``), then put it in
+    ``target``'s place: a killed run leaves a temp folder, never a half-written ``target``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{target.name}-", dir=target.parent))
+    try:
+        writer(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.replace(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
 
 
 def remove_stale_temp_files(folder: Path) -> int:

@@ -49,6 +49,7 @@ from pydantic import Field, model_validator
 from .config import ModelConfig, StrictModel
 from .corpus import Document, load_corpus, parse_benchmark_source
 from .errors import ConfigError, InputError
+from .io import atomic_write_dir
 from .pairs import (
     PairSet,
     SelfPairsConfig,
@@ -699,8 +700,6 @@ def _hash_inputs(inputs: MiningInputs, cfg: MineConfig) -> dict[str, str]:
 
 def _save_dataset(rows: list[dict[str, Any]], folder: Path, with_ce: bool) -> None:
     """datasets.save_to_disk into a temp folder, then rename: a killed run leaves no half dataset."""
-    import tempfile
-
     import datasets
 
     features = {
@@ -718,16 +717,7 @@ def _save_dataset(rows: list[dict[str, Any]], folder: Path, with_ce: bool) -> No
         features["ce_positive_score"] = datasets.Value("float32")
         features["ce_negative_scores"] = datasets.Sequence(datasets.Value("float32"))
     ds = datasets.Dataset.from_list(rows, features=datasets.Features(features))
-    target = folder / "dataset"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-dataset-", dir=folder))
-    try:
-        ds.save_to_disk(str(tmp))
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.replace(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    atomic_write_dir(folder / "dataset", lambda tmp: ds.save_to_disk(str(tmp)))
 
 
 def mine_hard_negatives(
