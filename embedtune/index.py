@@ -52,7 +52,7 @@ SEARCHER_DIR = "searcher"
 PASSAGES_FILE = "passages.jsonl"
 METRIC = "ip"  # inner product on L2-normalised vectors = cosine similarity
 
-Backend = Literal["auto", "exact-numba", "faiss-flat", "faiss-ivf", "faiss-hnsw"]
+Backend = Literal["auto", "exact-numba", "faiss-flat", "faiss-ivf", "faiss-hnsw", "faiss-gpu-flat", "faiss-gpu-ivf"]
 
 
 class IndexConfig(StrictModel):
@@ -483,10 +483,11 @@ def build_index(
     ``out_dir`` (same config, corpus and model) is kept and reported with ``skipped: True``.
     """
     from . import encoding
-    from .search import make_searcher
+    from .search import check_backend, make_searcher
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
+    backend = check_backend(cfg.backend)  # before the model loads: a missing GPU fails fast
     if model is None:
         model = load_model(cfg.model)
     elif cfg.model.max_seq_length:
@@ -504,7 +505,6 @@ def build_index(
     ids = [p.id for p in passages]
     vectors = encoding.encode_corpus(model, cfg.model, ids, [p.full_text for p in passages], cache_dir=cfg.cache_dir, show_progress=show_progress)
     t_encode = time.perf_counter()
-    backend = cfg.backend
     searcher = make_searcher(backend=backend, dim=vectors.shape[1], **cfg.backend_options)
     searcher.add(ids, vectors)
     t_index = time.perf_counter()

@@ -582,13 +582,20 @@ BACKENDS = ("auto", *_BACKENDS)
 def make_searcher(backend: str = "auto", *, dim: int, **options: Any) -> Searcher:
     """A new, empty searcher. ``options`` are the backend's (see the classes); unknown ones are
     a :class:`ConfigError`."""
+    backend = check_backend(backend)
+    return _BACKENDS[backend](dim, **options)
+
+
+def check_backend(backend: str) -> str:
+    """The concrete backend ``backend`` names on this machine; a :class:`ConfigError` when it is
+    unknown or needs a GPU that is not there (callers check before encoding anything)."""
     if backend == "auto":
         backend = _auto_backend()
     if backend not in _BACKENDS:
         raise ConfigError(f"unknown search backend {backend!r} (choose from {', '.join(BACKENDS)})")
     if backend in _CPU_EQUIVALENT and _gpu_count() == 0:
         raise ConfigError(f"backend {backend!r} needs a GPU that faiss can use; none found (use {_CPU_EQUIVALENT[backend]!r})")
-    return _BACKENDS[backend](dim, **options)
+    return backend
 
 
 def _auto_backend() -> str:

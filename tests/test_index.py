@@ -286,3 +286,15 @@ def test_stale_build_cleanup_leaves_sibling_indexes_alone(tmp_path):
     _remove_stale_builds(out)
     assert [p.exists() for p in ours] == [False, False]
     assert [p.exists() for p in siblings] == [True, True]
+
+
+def test_gpu_backend_without_gpu_fails_before_encoding(tmp_path, tiny_model_dir, monkeypatch):
+    import embedtune.search as search
+    from embedtune.errors import ConfigError
+
+    monkeypatch.setattr(search, "_gpu_count", lambda: 0)
+    monkeypatch.setattr(encoding, "encode_corpus", lambda *a, **k: pytest.fail("encoded before checking the backend"))
+    corpus = write_corpus(tmp_path / "c" / "corpus.jsonl", V1)
+    with pytest.raises(ConfigError, match="needs a GPU.*faiss-flat"):
+        build_index(make_cfg(tiny_model_dir, corpus, backend="faiss-gpu-flat"), tmp_path / "idx", show_progress=False)
+    assert not (tmp_path / "idx").exists()

@@ -21,7 +21,7 @@ def eval_command(
     split: str = typer.Option(None, "--split", help="Qrels split to evaluate (default: test)."),
     bm25: bool = typer.Option(None, "--bm25/--no-bm25", help="Also evaluate BM25 (bm25s)."),
     out: Path = typer.Option(None, "--out", "-o", help="Run folder for metrics.json, report.md and plots (default: runs/eval-<time>)."),
-    config: Path = typer.Option(None, "--config", "-c", help="YAML with EvalConfig keys; flags override it."),
+    config: Path = typer.Option(None, "--config", help="YAML with EvalConfig keys; flags override it."),
     query_prompt: str = typer.Option(None, "--query-prompt", help="Prefix for queries (all models), e.g. 'query: '."),
     document_prompt: str = typer.Option(None, "--document-prompt", help="Prefix for documents (all models), e.g. 'passage: '."),
     max_seq_length: int = typer.Option(None, "--max-seq-length", help="Token limit of the models."),

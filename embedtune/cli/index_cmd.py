@@ -13,7 +13,7 @@ from .app import MODEL_HELP, app, command, console, emit_json
 index_app = typer.Typer(help="Build or update a search index over a corpus.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 
-BACKEND_HELP = "Vector search backend: auto | exact-numba | faiss-flat | faiss-ivf | faiss-hnsw."
+BACKEND_HELP = "Vector search backend: auto | exact-numba | faiss-flat | faiss-ivf | faiss-hnsw | faiss-gpu-flat | faiss-gpu-ivf (GPU ones need faiss-gpu and a GPU)."
 
 
 @index_app.command("build")
