@@ -158,6 +158,7 @@ def main() -> None:
     })
     load = os.getloadavg()[0]
     results: dict[str, list[float]] = {}
+    per_run: dict[str, list[float]] = {}  # each run's median: the run-to-run spread of the machine
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
         tmp = Path(tmp)
         mined = write_mined(cols, tmp / "mined")
@@ -173,6 +174,7 @@ def main() -> None:
                 for name, variant in variants.items():
                     times = run_ours(mined, tmp / f"{name}-{r}", variant)
                     results.setdefault(name, []).extend(times[args.skip:])
+                    per_run.setdefault(name, []).append(round(statistics.median(times[args.skip:]), 4))
                     print(f"run {r + 1}: {name:5s} median step {statistics.median(times[args.skip:]):.3f} s", file=sys.stderr, flush=True)
             else:
                 runners = [("embedtune", lambda: run_ours(mined, tmp / f"ours-{r}", cfg)),
@@ -180,6 +182,7 @@ def main() -> None:
                 for name, runner in runners[:: 1 if r % 2 == 0 else -1]:  # ABBA order: no loop always goes first
                     times = runner()
                     results.setdefault(name, []).extend(times[args.skip:])
+                    per_run.setdefault(name, []).append(round(statistics.median(times[args.skip:]), 4))
                     print(f"run {r + 1}: {name:22s} median step {statistics.median(times[args.skip:]):.3f} s", file=sys.stderr, flush=True)
 
     medians = {name: statistics.median(t) for name, t in results.items()}
@@ -189,6 +192,7 @@ def main() -> None:
         "negatives": args.negatives, "max_seq_length": args.max_seq_length, "steps_per_run": args.steps,
         "timed_steps": {k: len(v) for k, v in results.items()}, "repeats": args.repeats,
         "median_step_s": {k: round(v, 4) for k, v in medians.items()},
+        "run_median_step_s": per_run,
         "load_avg_1min_start": round(load, 2), "load_avg_1min_end": round(os.getloadavg()[0], 2),
         "torch_threads": torch.get_num_threads(),
     }
