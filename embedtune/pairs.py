@@ -100,7 +100,8 @@ class SelfPairsConfig(StrictModel):
     generators: list[Generator] = Field(
         default_factory=lambda: ["ict", "crop", "title"],
         description="ict: a sentence -> rest of its passage; crop: two random spans of one document; "
-        "title: title -> body (documents with a title); qgen: a query-generation model (needs qgen.model).",
+        "title: title -> body (documents with a title; its mined negatives keep their titles, a cue the model can learn "
+        "instead of the domain, so mix it with the others); qgen: a query-generation model (needs qgen.model).",
     )
     pairs_per_doc: int = Field(1, gt=0, description="Pairs each generator makes per document.")
     max_documents: int | None = Field(None, gt=0, description="Use a seeded random sample of this many documents.")
