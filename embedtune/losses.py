@@ -12,6 +12,10 @@ re-implements a loss:
 - ``margin_mse``: MarginMSELoss, distillation of a cross-encoder teacher's score margins
   (needs ``ce_positive_score``/``ce_negative_scores`` in the mined data).
 
+``mnrl`` with ``mask_known_positives`` (the default) is sentence-transformers' MNRL that also
+knows the qrels: an in-batch document relevant to a query is not its negative
+(:mod:`embedtune.masked_mnrl`).
+
 ``matryoshka_dims`` wraps any of them in MatryoshkaLoss, so truncated embeddings stay useful.
 Under data-parallel training ``gather_across_devices`` makes the in-batch negatives span the
 global batch instead of each device's share.
@@ -19,8 +23,10 @@ global batch instead of each device's share.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from .config import StrictModel
@@ -31,6 +37,28 @@ if TYPE_CHECKING:
     from torch import nn
 
 LossName = Literal["mnrl", "cached_mnrl", "gist", "margin_mse"]
+
+
+@dataclass
+class KnownPositives:
+    """Training rows as numbers, for :class:`embedtune.masked_mnrl.KnownPositivesMNRL`."""
+
+    row_query: np.ndarray  # (rows,) query number of each row
+    row_docs: np.ndarray  # (rows, 1 + negatives) document numbers: positive, negative_1..n
+    pairs: np.ndarray  # query * num_docs + document, for every relevant pair
+    num_docs: int
+
+    @classmethod
+    def from_ids(cls, query_ids: list[str], doc_ids: list[list[str]], relevant: dict[str, set[str]]) -> "KnownPositives":
+        queries = {q: i for i, q in enumerate(dict.fromkeys([*query_ids, *relevant]))}
+        docs: dict[str, int] = {}
+        for ids in [*doc_ids, *relevant.values()]:
+            for d in ids:
+                docs.setdefault(d, len(docs))
+        row_docs = np.array([[docs[d] for d in ids] for ids in doc_ids], dtype=np.int64)
+        pairs = np.array([queries[q] * len(docs) + docs[d] for q, ds in relevant.items() for d in ds], dtype=np.int64)
+        row_query = np.array([queries[q] for q in query_ids], dtype=np.int64)
+        return cls(row_query=row_query, row_docs=row_docs, pairs=pairs, num_docs=len(docs))
 
 
 class LossConfig(StrictModel):
@@ -50,6 +78,11 @@ class LossConfig(StrictModel):
     gather_across_devices: bool = Field(
         True, description="Multi-device: in-batch negatives from the whole global batch (no effect on one device)."
     )
+    mask_known_positives: bool = Field(
+        True,
+        description="mnrl: in-batch documents that the training data marks relevant to a query are not its negatives "
+        "(see embedtune.masked_mnrl). Other losses: no effect (gist masks by its guide model instead).",
+    )
 
     @model_validator(mode="after")
     def _check_dims(self) -> "LossConfig":
@@ -60,15 +93,29 @@ class LossConfig(StrictModel):
 
 
 def build_loss(
-    model: "SentenceTransformer", cfg: LossConfig, *, guide: "SentenceTransformer | None" = None, distributed: bool = False
+    model: "SentenceTransformer",
+    cfg: LossConfig,
+    *,
+    guide: "SentenceTransformer | None" = None,
+    distributed: bool = False,
+    known_positives: "KnownPositives | None" = None,
 ) -> "nn.Module":
     """The configured loss on ``model``. ``gist`` needs ``guide`` (a frozen copy of the base model);
-    ``distributed``: training runs in several processes (gathering across devices applies)."""
+    ``distributed``: training runs in several processes (gathering across devices applies);
+    ``known_positives``: the rows' ids, for ``mnrl`` with ``mask_known_positives`` (the trainer
+    then passes row indices as labels)."""
     from sentence_transformers.sentence_transformer import losses
 
     gather = cfg.gather_across_devices and distributed
 
-    if cfg.name == "mnrl":
+    if cfg.name == "mnrl" and known_positives is not None:
+        from .masked_mnrl import KnownPositivesMNRL
+
+        loss = KnownPositivesMNRL(
+            model, row_query=known_positives.row_query, row_docs=known_positives.row_docs,
+            known_pairs=known_positives.pairs, num_docs=known_positives.num_docs, scale=cfg.scale, gather_across_devices=gather,
+        )
+    elif cfg.name == "mnrl":
         loss = losses.MultipleNegativesRankingLoss(model, scale=cfg.scale, gather_across_devices=gather)
     elif cfg.name == "cached_mnrl":
         loss = losses.CachedMultipleNegativesRankingLoss(

@@ -643,6 +643,16 @@ def mine_negatives(
         "negative_scores": np.array([s for r in rows for s in r["negative_scores"]], dtype=np.float32),
     }
     counts["chosen"] = int(neg_ok.sum())
+    empty = stats["rows_without_negatives"] / max(1, len(rows))
+    if empty > 0.5:
+        window = max(1, counts.get("window_candidates", 0))
+        log.warning(
+            "%.0f%% of the rows got no hard negative (the trainer pads them with random documents). "
+            "The margin filters removed %.0f%% of the rank window: they compare each candidate with the query's "
+            "weakest positive, and with many judged positives per query that one scores below most candidates. "
+            "Loosen relative_margin/absolute_margin or widen range_max if you want hard negatives.",
+            100 * empty, 100 * (counts.get("relative_margin", 0) + counts.get("absolute_margin", 0)) / window,
+        )
     return MiningResult(rows=rows, counts=dict(counts), stats=stats, timings=dict(timings))
 
 

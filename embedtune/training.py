@@ -54,7 +54,7 @@ from .corpus import load_beir, load_corpus, parse_benchmark_source, read_jsonl
 from .errors import ConfigError, InputError, RunDirError
 from .io import TMP_PREFIX, atomic_write_json, atomic_write_with
 from .encoding import cpu_has_bf16
-from .losses import LossConfig, build_loss
+from .losses import KnownPositives, LossConfig, build_loss
 from .manifest import hash_path, prepare_run_folder, read_manifest, stage_key, write_manifest
 
 log = logging.getLogger("embedtune")
@@ -382,6 +382,9 @@ def _sample_corpus(corpus, relevant, data: MinedData, queries, max_docs: int, rn
 class TrainRows:
     columns: dict[str, list]  # anchor, positive, negative_1..n, [label]
     stats: dict[str, int]
+    query_ids: list[str] = field(default_factory=list)  # per row
+    doc_ids: list[list[str]] = field(default_factory=list)  # per row: positive, negative_1..n
+    known_positives: dict[str, set[str]] = field(default_factory=dict)  # query id -> relevant document ids
 
 
 def build_train_rows(data: MinedData, cfg: TrainConfig, exclude_query_ids: set[str] = frozenset()) -> TrainRows:
@@ -430,6 +433,8 @@ def build_train_rows(data: MinedData, cfg: TrainConfig, exclude_query_ids: set[s
     pool_ids = list(pool_text)
 
     out: dict[str, list] = {"anchor": [], "positive": []}
+    row_query_ids: list[str] = []
+    row_doc_ids: list[list[str]] = []
     for n in range(1, n_neg + 1):
         out[f"negative_{n}"] = []
     if use_ce:
@@ -448,6 +453,8 @@ def build_train_rows(data: MinedData, cfg: TrainConfig, exclude_query_ids: set[s
             stats["padded_rows"] += 1
         out["anchor"].append(c["query"][i])
         out["positive"].append(texts["positive"][k])
+        row_query_ids.append(qid)
+        row_doc_ids.append([c["positive_id"][i]] + [d for d, _ in negs])
         for n, (_, text) in enumerate(negs, start=1):
             out[f"negative_{n}"].append(text)
         if use_ce:
@@ -456,7 +463,7 @@ def build_train_rows(data: MinedData, cfg: TrainConfig, exclude_query_ids: set[s
     stats["train_rows"] = len(out["anchor"])
     if not out["anchor"]:
         raise InputError("no training rows left after holding out dev queries and dropping short rows", file=data.source)
-    return TrainRows(columns=out, stats=stats)
+    return TrainRows(columns=out, stats=stats, query_ids=row_query_ids, doc_ids=row_doc_ids, known_positives=known_positives)
 
 
 def _padding(pool: list[str], taken: set[str], n: int, rng: random.Random) -> list[str] | None:
@@ -629,12 +636,16 @@ def train_round(
     transformers.set_seed(cfg.seed)  # python, numpy, torch (model init of new heads, dropout)
     dev = make_dev_split(data, cfg)
     rows = build_train_rows(data, cfg, dev.exclude_query_ids if dev else set())
+    known = None
+    if cfg.loss.name == "mnrl" and cfg.loss.mask_known_positives:
+        known = KnownPositives.from_ids(rows.query_ids, rows.doc_ids, rows.known_positives)
+        rows.columns["label"] = list(range(len(rows.query_ids)))  # row index: the loss looks its ids up
     train_ds = Dataset.from_dict(rows.columns)
 
     model_cfg = cfg.model.model_copy(update={"name": model_name})
     model = load_model(model_cfg)
     guide = load_model(model_cfg) if cfg.loss.name == "gist" else None
-    loss = build_loss(model, cfg.loss, guide=guide, distributed=world_size() > 1)
+    loss = build_loss(model, cfg.loss, guide=guide, distributed=world_size() > 1, known_positives=known)
 
     ckpt_dir = work_dir / "checkpoints"
     checkpoint = _last_checkpoint(ckpt_dir) if resume else None
@@ -670,6 +681,10 @@ def train_round(
     if trainer.is_world_process_zero():
         save_model_atomically(trainer.model, model_dir)
     trainer.accelerator.wait_for_everyone()
+    masked = getattr(getattr(loss, "loss", loss), "masked_candidates", None)  # MatryoshkaLoss wraps it in .loss
+    if masked is not None:  # steps run by this process since its start (a resumed run counts from there)
+        rows.stats["masked_in_batch_known_positives"] = masked
+        log.info("in-batch documents masked as known positives of their query: %s", f"{masked:,}")
     del trainer, loss, guide
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -50,10 +50,14 @@ def _losses(manifest: dict) -> list[float]:
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path, trainable_model_dir):  # noqa: F811
     model = without_dropout(trainable_model_dir, tmp_path / "model")
-    data = make_mined(tmp_path / "m", n_queries=32, negatives=1, distinct=True)
+    # q_i is also relevant to d_{i+1}: the known-positive mask has entries, and it must be built
+    # from the gathered rows of both processes in the same order as the gathered embeddings.
+    qrels = {f"q{i}": {f"d{i}": 1, f"d{i + 1}": 1} for i in range(32)}
+    data = make_mined(tmp_path / "m", n_queries=32, negatives=1, distinct=True, qrels=qrels)
     common = {"model": {"name": model}, "max_steps": 4, "learning_rate": 1e-3, "negatives_per_query": 1,
               "dev": {"enabled": False}, "logging_steps": 1}
     single = train_model(TrainConfig.model_validate({**common, "batch_size": 8}), data, tmp_path / "single", progress=False)
+    assert single["metrics"]["rows"]["masked_in_batch_known_positives"] > 0
 
     ddp_cfg = TrainConfig.model_validate({**common, "batch_size": 4})  # per device: 2 x 4 = 8
     _torchrun(tmp_path, data, tmp_path / "ddp", ddp_cfg)

@@ -391,3 +391,18 @@ def test_two_rounds_remine_with_the_tuned_model(tmp_path, trainable_model_dir):
     assert [r["round"] for r in manifest["metrics"]["rounds"]] == [1, 2] and manifest["metrics"]["steps"] == 6
     assert len(json.loads((run / "training_curve.json").read_text())["rounds"]) == 2
     assert _max_diff(_weights(run / "model"), _weights(run / "round-1" / "model")) > 0
+
+
+def test_known_positives_are_masked_in_batch_only_when_asked(tmp_path, trainable_model_dir):
+    # q_i is also relevant to d_{i+1}, the positive of q_{i+1}: batches then hold known positives.
+    qrels = {f"q{i}": {f"d{i}": 1, f"d{i + 1}": 1} for i in range(20)}
+    data = make_mined(tmp_path / "m", n_queries=20, distinct=True, qrels=qrels)
+    stats = {}
+    for mask in (True, False):
+        cfg = _cfg(trainable_model_dir, loss={"name": "mnrl", "mask_known_positives": mask}, batch_size=20, max_steps=2,
+                   dev={"enabled": False})
+        manifest = train_model(cfg, data, tmp_path / f"run-{mask}", progress=False)
+        stats[mask] = manifest["metrics"]["rows"]
+    # every batch holds all 20 rows: 19 queries see their second positive in the batch, each of 2 steps
+    assert stats[True]["masked_in_batch_known_positives"] == 2 * 19
+    assert "masked_in_batch_known_positives" not in stats[False]
