@@ -647,7 +647,7 @@ def mine_negatives(
     if empty > 0.5:
         window = max(1, counts.get("window_candidates", 0))
         log.warning(
-            "%.0f%% of the rows got no hard negative (the trainer pads them with random documents). "
+            "%.1f%% of the rows got no hard negative (the trainer pads them with random documents). "
             "The margin filters removed %.0f%% of the rank window: they compare each candidate with the query's "
             "weakest positive, and with many judged positives per query that one scores below most candidates. "
             "Loosen relative_margin/absolute_margin or widen range_max if you want hard negatives.",
