@@ -111,10 +111,7 @@ def build_loss(
     if cfg.name == "mnrl" and known_positives is not None:
         from .masked_mnrl import KnownPositivesMNRL
 
-        loss = KnownPositivesMNRL(
-            model, row_query=known_positives.row_query, row_docs=known_positives.row_docs,
-            known_pairs=known_positives.pairs, num_docs=known_positives.num_docs, scale=cfg.scale, gather_across_devices=gather,
-        )
+        loss = KnownPositivesMNRL(model, known_positives, scale=cfg.scale, gather_across_devices=gather)
     elif cfg.name == "mnrl":
         loss = losses.MultipleNegativesRankingLoss(model, scale=cfg.scale, gather_across_devices=gather)
     elif cfg.name == "cached_mnrl":

@@ -20,31 +20,22 @@ import torch
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 from sentence_transformers.util import cos_sim
 
+from .losses import KnownPositives
+
 
 class KnownPositivesMNRL(MultipleNegativesRankingLoss):
     """MNRL (query -> positive, own hard negatives, in-batch documents) with known positives masked.
 
-    ``row_query[r]``: query number of training row ``r``; ``row_docs[r]``: document numbers of its
-    columns (positive, negative_1..n); ``known_pairs``: every relevant (query, document) pair as
-    ``query * num_docs + document``. The row's own positive is never masked.
+    ``known`` holds the training rows as numbers (see :class:`embedtune.losses.KnownPositives`).
+    The row's own positive is never masked.
     """
 
-    def __init__(
-        self,
-        model: Any,
-        *,
-        row_query: np.ndarray,
-        row_docs: np.ndarray,
-        known_pairs: np.ndarray,
-        num_docs: int,
-        scale: float = 20.0,
-        gather_across_devices: bool = False,
-    ) -> None:
+    def __init__(self, model: Any, known: KnownPositives, *, scale: float = 20.0, gather_across_devices: bool = False) -> None:
         super().__init__(model, scale=scale, similarity_fct=self._masked_cos_sim, gather_across_devices=gather_across_devices)
-        self.row_query = np.asarray(row_query, dtype=np.int64)
-        self.row_docs = np.asarray(row_docs, dtype=np.int64)
-        self.known_pairs = np.unique(np.asarray(known_pairs, dtype=np.int64))
-        self.num_docs = int(num_docs)
+        self.row_query = known.row_query
+        self.row_docs = known.row_docs
+        self.known_pairs = np.unique(known.pairs)
+        self.num_docs = known.num_docs
         self.masked_candidates = 0  # how many in-batch candidates were masked so far (for the log)
         self._mask: torch.Tensor | None = None
 

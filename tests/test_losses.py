@@ -31,9 +31,7 @@ def _loss(monkeypatch, embeddings, rows):
 
     monkeypatch.setattr(multiple_negatives_ranking, "embed_columns", lambda model, features: embeddings)
     known = KnownPositives.from_ids([QUERY_IDS[r] for r in rows], [DOC_IDS[r] for r in rows], RELEVANT)
-    loss = KnownPositivesMNRL(_Stub(), row_query=known.row_query, row_docs=known.row_docs, known_pairs=known.pairs,
-                              num_docs=known.num_docs, scale=20.0)
-    return loss
+    return KnownPositivesMNRL(_Stub(), known, scale=20.0)
 
 
 def _by_hand(embeddings, mask, scale=20.0):
