@@ -9,8 +9,9 @@ re-implements a loss:
   negatives) fits in the memory of ``mini_batch_size`` rows; same result, slower per row.
 - ``gist``: GISTEmbedLoss, MNRL where a frozen guide model (the base model) masks in-batch
   "negatives" the guide scores above the positive -- likely unlabeled positives.
-- ``margin_mse``: MarginMSELoss, distillation of a cross-encoder teacher's score margins
-  (needs ``ce_positive_score``/``ce_negative_scores`` in the mined data).
+- ``margin_mse``: MarginMSELoss, distillation of a teacher's score margins -- a cross-encoder or
+  mining's hybrid BM25 + dense teacher (needs ``teacher_positive_score``/``teacher_negative_scores``
+  in the mined data).
 
 ``mnrl`` with ``mask_known_positives`` (the default) is sentence-transformers' MNRL that also
 knows the qrels: an in-batch document relevant to a query is not its negative
@@ -128,7 +129,8 @@ def build_loss(
             gather_across_devices=gather,
         )
     elif cfg.name == "margin_mse":
-        # Teacher scores are cross-encoder logits; the student's dot product is compared to their margins.
+        # The student's dot product (cosine for normalised models) is compared to the teacher's margins:
+        # the hybrid teacher's are in cosine units; cross-encoder logits are on their own, wider scale.
         loss = losses.MarginMSELoss(model)
     else:  # pragma: no cover - Literal validation makes this unreachable
         raise ConfigError(f"unknown loss '{cfg.name}'", field="loss.name")

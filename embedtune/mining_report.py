@@ -22,7 +22,7 @@ FILTER_DESCRIPTIONS = {
     "relative_margin": "score > pos - |pos| x relative_margin",
     "absolute_margin": "score > pos - absolute_margin",
     "max_score": "score > max_score",
-    "cross_encoder": "cross-encoder score > its positive score - margin",
+    "teacher": "teacher (cross-encoder or hybrid) score > its positive score - margin",
     "eligible": "candidates that passed every filter",
     "chosen": "negatives chosen per query (the rows of a query share them)",
 }
@@ -91,7 +91,7 @@ def _describe(a: np.ndarray) -> list[str]:
 
 
 def write_report(folder: Path, cfg: "MineConfig", summary: dict[str, Any], result: "MiningResult") -> list[str]:
-    """Write ``report.md``, ``scores.png``, ``negative_ranks.png`` (and ``ce_scores.png``); returns their names."""
+    """Write ``report.md``, ``scores.png``, ``negative_ranks.png`` (and ``teacher_scores.png``); returns their names."""
     folder = Path(folder)
     rows = result.rows
     pos = np.asarray(result.stats["positive_scores"], dtype=np.float32)
@@ -100,12 +100,18 @@ def write_report(folder: Path, cfg: "MineConfig", summary: dict[str, Any], resul
     written = ["report.md", "scores.png", "negative_ranks.png"]
     _plot_scores(folder / "scores.png", pos, neg, "Retriever scores: positives vs chosen negatives", "cosine similarity (base model)")
     _plot_ranks(folder / "negative_ranks.png", ranks, cfg.range_max)
-    with_ce = cfg.cross_encoder is not None
-    if with_ce:
-        ce_pos = np.array([r["ce_positive_score"] for r in rows], dtype=np.float32)
-        ce_neg = np.array([s for r in rows for s in r["ce_negative_scores"]], dtype=np.float32)
-        _plot_scores(folder / "ce_scores.png", ce_pos, ce_neg, "Cross-encoder scores: positives vs chosen negatives", "cross-encoder logit")
-        written.append("ce_scores.png")
+    with_teacher = cfg.cross_encoder is not None or cfg.hybrid_teacher is not None
+    if cfg.cross_encoder is not None:
+        teacher = f"cross-encoder `{cfg.cross_encoder.path}` (margin {cfg.cross_encoder.margin})"
+        axis = "cross-encoder logit"
+    elif cfg.hybrid_teacher is not None:
+        teacher = f"hybrid BM25 + dense (BM25 weight {cfg.hybrid_teacher.bm25_weight}, margin {cfg.hybrid_teacher.margin})"
+        axis = "fused score (cosine units)"
+    if with_teacher:
+        teacher_pos = np.array([r["teacher_positive_score"] for r in rows], dtype=np.float32)
+        teacher_neg = np.array([s for r in rows for s in r["teacher_negative_scores"]], dtype=np.float32)
+        _plot_scores(folder / "teacher_scores.png", teacher_pos, teacher_neg, "Teacher scores: positives vs chosen negatives", axis)
+        written.append("teacher_scores.png")
 
     lines = [
         "# Hard-negative mining report",
@@ -114,10 +120,10 @@ def write_report(folder: Path, cfg: "MineConfig", summary: dict[str, Any], resul
         f"- corpus: `{cfg.corpus}`",
         f"- model: `{cfg.model.name}`; retriever: {cfg.retriever}"
         + (f" (RRF k={cfg.rrf_k})" if cfg.retriever == "hybrid" else "")
-        + (f"; cross-encoder: `{cfg.cross_encoder.path}` (margin {cfg.cross_encoder.margin})" if with_ce else ""),
+        + (f"; teacher: {teacher}" if with_teacher else ""),
         f"- window: ranks {cfg.range_min + 1}-{cfg.range_max} among non-positive candidates; sampling: {cfg.sampling}; "
         f"num_negatives: {cfg.num_negatives}; relative_margin: {cfg.relative_margin}; absolute_margin: {cfg.absolute_margin}; "
-        f"max_score: {cfg.max_score}; seed: {cfg.seed}",
+        f"max_score: {cfg.max_score}; margins against the {cfg.margin_against} positive; seed: {cfg.seed}",
         "",
         "## Counts",
         "",
@@ -167,8 +173,8 @@ def write_report(folder: Path, cfg: "MineConfig", summary: dict[str, Any], resul
         "![negative ranks](negative_ranks.png)",
         "",
     ]
-    if with_ce:
-        lines += ["![cross-encoder scores](ce_scores.png)", ""]
+    if with_teacher:
+        lines += ["![teacher scores](teacher_scores.png)", ""]
 
     source_stats = summary.get("pair_source") or {}
     if summary["source"] == "self":
@@ -191,14 +197,14 @@ def write_report(folder: Path, cfg: "MineConfig", summary: dict[str, Any], resul
         pick = sorted(rng.choice(len(candidates), size=min(cfg.report_examples, len(candidates)), replace=False))
         for i in pick:
             row = candidates[int(i)]
-            ce = f", CE {row['ce_positive_score']:.3f}" if with_ce else ""
+            ce = f", teacher {row['teacher_positive_score']:.3f}" if with_teacher else ""
             lines += [
                 f"### Query `{_short(row['query_id'], 60)}`: {_short(row['query'], 200)}",
                 "",
                 f"- **positive** `{_short(row['positive_id'], 60)}` (score {row['positive_score']:.4f}{ce}): {_short(row['positive'], 240)}",
             ]
             for j, (doc_id, text, score, rank) in enumerate(zip(row["negative_ids"], row["negatives"], row["negative_scores"], row["negative_ranks"])):
-                ce = f", CE {row['ce_negative_scores'][j]:.3f}" if with_ce else ""
+                ce = f", teacher {row['teacher_negative_scores'][j]:.3f}" if with_teacher else ""
                 lines.append(f"- negative {j + 1} `{_short(doc_id, 60)}` (score {score:.4f}, rank {rank}{ce}): {_short(text, 160)}")
             lines.append("")
 

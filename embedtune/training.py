@@ -169,11 +169,11 @@ class MinedData:
 
     @property
     def has_teacher_scores(self) -> bool:
-        return "ce_positive_score" in self.dataset.column_names
+        return "teacher_positive_score" in self.dataset.column_names
 
     def texts(self, indices: list[int]) -> dict[str, list]:
         """``positive``, ``negatives`` (+ teacher scores) of the rows ``indices``, checked."""
-        names = ["positive", "negatives"] + (["ce_positive_score", "ce_negative_scores"] if self.has_teacher_scores else [])
+        names = ["positive", "negatives"] + (["teacher_positive_score", "teacher_negative_scores"] if self.has_teacher_scores else [])
         part = self.dataset.select(indices).select_columns(names).to_dict()
         for k, i in enumerate(indices):
             try:
@@ -233,16 +233,16 @@ def _read_pairs_jsonl(path: Path) -> dict[str, list]:
             if name not in obj:
                 raise InputError("missing", file=path, line=lineno, field=name)
             columns[name].append(obj[name])
-        row_has_ce = "ce_positive_score" in obj
+        row_has_ce = "teacher_positive_score" in obj
         if has_ce is None:
             has_ce = row_has_ce
             if has_ce:
-                columns["ce_positive_score"], columns["ce_negative_scores"] = [], []
+                columns["teacher_positive_score"], columns["teacher_negative_scores"] = [], []
         if row_has_ce != has_ce:
-            raise InputError("ce_positive_score present on some rows only", file=path, line=lineno, field="ce_positive_score")
+            raise InputError("teacher_positive_score present on some rows only", file=path, line=lineno, field="teacher_positive_score")
         if has_ce:
-            columns["ce_positive_score"].append(obj["ce_positive_score"])
-            columns["ce_negative_scores"].append(obj.get("ce_negative_scores"))
+            columns["teacher_positive_score"].append(obj["teacher_positive_score"])
+            columns["teacher_negative_scores"].append(obj.get("teacher_negative_scores"))
         i = len(columns["query_id"]) - 1
         try:
             _check_ids(columns, i)
@@ -270,10 +270,10 @@ def _check_texts(columns: dict[str, list], i: int, n_negatives: int) -> None:
         raise InputError("negatives and negative_ids must be lists of the same length", field="negatives")
     if not all(isinstance(t, str) and t.strip() for t in texts):
         raise InputError("must be a list of non-empty strings", field="negatives")
-    if "ce_negative_scores" in columns:
-        ce = columns["ce_negative_scores"][i]
+    if "teacher_negative_scores" in columns:
+        ce = columns["teacher_negative_scores"][i]
         if not isinstance(ce, list) or len(ce) != n_negatives:
-            raise InputError("must be a list with one score per negative", field="ce_negative_scores")
+            raise InputError("must be a list with one score per negative", field="teacher_negative_scores")
 
 
 # --------------------------------------------------------------------------- dev split
@@ -401,7 +401,7 @@ def build_train_rows(data: MinedData, cfg: TrainConfig, exclude_query_ids: set[s
     use_ce = cfg.loss.name == "margin_mse"
     if use_ce and not data.has_teacher_scores:
         raise ConfigError(
-            "loss margin_mse needs teacher scores (ce_positive_score, ce_negative_scores) in the mined data; "
+            "loss margin_mse needs teacher scores (teacher_positive_score, teacher_negative_scores) in the mined data; "
             "mine with a cross-encoder or choose another loss", field="loss.name",
         )
     stats = {"mined_rows": data.num_rows, "dev_rows_excluded": 0, "capped_rows": 0, "padded_rows": 0, "dropped_short_rows": 0}
@@ -459,8 +459,8 @@ def build_train_rows(data: MinedData, cfg: TrainConfig, exclude_query_ids: set[s
         for n, (_, text) in enumerate(negs, start=1):
             out[f"negative_{n}"].append(text)
         if use_ce:
-            scores = texts["ce_negative_scores"][k][:n_neg]
-            out["label"].append([float(texts["ce_positive_score"][k])] + [float(v) for v in scores])
+            scores = texts["teacher_negative_scores"][k][:n_neg]
+            out["label"].append([float(texts["teacher_positive_score"][k])] + [float(v) for v in scores])
     stats["train_rows"] = len(out["anchor"])
     if not out["anchor"]:
         raise InputError("no training rows left after holding out dev queries and dropping short rows", file=data.source)

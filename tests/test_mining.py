@@ -212,11 +212,12 @@ def mine(tmp_path, model, pairs, out="out", **settings):
     return summary, rows
 
 
-def check_rows(rows, known, relative_margin=None, num_negatives=4):
+def check_rows(rows, known, relative_margin=None, num_negatives=4, margin_against="weakest"):
     """Contract checks every mined dataset must pass."""
     floor = {}
+    pick, start = (min, np.inf) if margin_against == "weakest" else (max, -np.inf)
     for r in rows:
-        floor[r["query_id"]] = min(floor.get(r["query_id"], np.inf), r["positive_score"])
+        floor[r["query_id"]] = pick(floor.get(r["query_id"], start), r["positive_score"])
     for r in rows:
         n = len(r["negative_ids"])
         assert n <= num_negatives and len(r["negatives"]) == len(r["negative_scores"]) == len(r["negative_ranks"]) == n
@@ -267,6 +268,20 @@ def test_beir_mining_writes_the_contract_format(tmp_path, beir, bi_encoder):
     report = (out / "report.md").read_text()
     assert "## Filters" in report and "## Examples" in report and "relative_margin" in report
     assert (out / "scores.png").read_bytes()[:4] == b"\x89PNG" and (out / "negative_ranks.png").is_file()
+
+
+def test_margin_against_the_strongest_positive_keeps_more_negatives(tmp_path, beir, bi_encoder):
+    # 2 positives per query: the weakest-positive reference is the stricter one
+    weak, weak_rows = mine(tmp_path, bi_encoder, f"{beir}:train", out="weak", relative_margin=0.0)
+    strong, strong_rows = mine(tmp_path, bi_encoder, f"{beir}:train", out="strong", relative_margin=0.0, margin_against="strongest")
+    check_rows(strong_rows, _known(beir), relative_margin=0.0, margin_against="strongest")
+    assert strong["filter_counts"]["relative_margin"] < weak["filter_counts"]["relative_margin"]
+    assert strong["filter_counts"]["eligible"] > weak["filter_counts"]["eligible"]
+    # some negative now scores above the query's weakest positive (which "weakest" forbids)
+    floor = {}
+    for r in strong_rows:
+        floor[r["query_id"]] = min(floor.get(r["query_id"], np.inf), r["positive_score"])
+    assert any(s > floor[r["query_id"]] for r in strong_rows for s in r["negative_scores"])
 
 
 def test_agrees_with_sentence_transformers(tmp_path, beir, bi_encoder):
@@ -409,19 +424,19 @@ def test_cross_encoder_filters_and_stores_teacher_scores(tmp_path, beir, bi_enco
     summary, rows = mine(tmp_path, bi_encoder, f"{beir}:train", relative_margin=None, cross_encoder={"path": cross_encoder_dir, "margin": 0.0})
     r = rows[0]
     expected = ce.predict([(r["query"], r["positive"])] + [(r["query"], n) for n in r["negatives"]], activation_fn=torch.nn.Identity())
-    assert np.allclose([r["ce_positive_score"], *r["ce_negative_scores"]], expected, atol=1e-4)
+    assert np.allclose([r["teacher_positive_score"], *r["teacher_negative_scores"]], expected, atol=1e-4)
     floor = {}
     for row in rows:
-        floor[row["query_id"]] = min(floor.get(row["query_id"], np.inf), row["ce_positive_score"])
-    assert all(s <= floor[row["query_id"]] + 1e-5 for row in rows for s in row["ce_negative_scores"])
-    assert summary["filter_counts"]["cross_encoder"] > 0  # a random teacher disagrees with the retriever
+        floor[row["query_id"]] = min(floor.get(row["query_id"], np.inf), row["teacher_positive_score"])
+    assert all(s <= floor[row["query_id"]] + 1e-5 for row in rows for s in row["teacher_negative_scores"])
+    assert summary["filter_counts"]["teacher"] > 0  # a random teacher disagrees with the retriever
     import datasets
 
-    assert {"ce_positive_score", "ce_negative_scores"} <= set(datasets.load_from_disk(str(tmp_path / "out" / "dataset")).column_names)
-    assert (tmp_path / "out" / "ce_scores.png").is_file()
+    assert {"teacher_positive_score", "teacher_negative_scores"} <= set(datasets.load_from_disk(str(tmp_path / "out" / "dataset")).column_names)
+    assert (tmp_path / "out" / "teacher_scores.png").is_file()
     everything, rows = mine(tmp_path, bi_encoder, f"{beir}:train", out="all", relative_margin=None,
                             cross_encoder={"path": cross_encoder_dir, "margin": 1000.0})
-    assert everything["negatives"] == 0 and everything["filter_counts"]["cross_encoder"] == everything["filter_counts"]["window_candidates"]
+    assert everything["negatives"] == 0 and everything["filter_counts"]["teacher"] == everything["filter_counts"]["window_candidates"]
 
 
 def test_pairs_jsonl_source(tmp_path, beir, bi_encoder):
@@ -465,3 +480,41 @@ def test_faiss_backend_finds_the_same_negatives_as_exact_search(tmp_path, beir, 
     _, flat = mine(tmp_path, bi_encoder, f"{beir}:train", out="flat", relative_margin=None, search_backend="faiss-flat")
     assert [r["negative_ids"] for r in flat] == [r["negative_ids"] for r in exact]
     assert np.allclose([s for r in flat for s in r["negative_scores"]], [s for r in exact for s in r["negative_scores"]], atol=1e-5)
+
+
+def test_hybrid_teacher_fuses_bm25_and_cosine_in_cosine_units(tmp_path, beir, bi_encoder):
+    """Teacher scores against a brute-force computation: z-scored BM25 over the pool, mapped onto the
+    query's cosine mean and spread over the pool, mixed with the cosine."""
+    import bm25s
+    import Stemmer
+
+    from embedtune.corpus import load_corpus
+    from embedtune.models import load_model
+
+    summary, rows = mine(tmp_path, bi_encoder, f"{beir}:train", relative_margin=None, hybrid_teacher={"bm25_weight": 0.3})
+    corpus = load_corpus(beir)
+    texts = [d.full_text for d in corpus.values()]
+    model = load_model(bi_encoder)
+    docs = model.encode(texts, normalize_embeddings=True)
+    stemmer = Stemmer.Stemmer("english")
+    bm25 = bm25s.BM25(method="lucene", k1=1.5, b=0.75)
+    bm25.index(bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False), show_progress=False)
+    checked = 0
+    for r in rows[:6]:
+        q = model.encode([r["query"]], normalize_embeddings=True)[0]
+        cos_all = docs @ q
+        tokens = bm25s.tokenize([r["query"]], stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)[0]
+        bm_all = bm25.get_scores(tokens)
+        z = (bm_all - bm_all.mean()) / bm_all.std()
+        fused = 0.7 * cos_all + 0.3 * (cos_all.mean() + cos_all.std() * z)
+        expected = [fused[texts.index(t)] for t in [r["positive"], *r["negatives"]]]
+        assert np.allclose([r["teacher_positive_score"], *r["teacher_negative_scores"]], expected, atol=1e-4)
+        checked += len(expected)
+    assert checked > 6
+    # the teacher filter works on the fused scale: a margin that removes everything leaves no negatives
+    everything, _ = mine(tmp_path, bi_encoder, f"{beir}:train", out="all", relative_margin=None, hybrid_teacher={"margin": 1000.0})
+    assert everything["negatives"] == 0 and everything["filter_counts"]["teacher"] == everything["filter_counts"]["window_candidates"]
+    from embedtune.config import build_config
+
+    with pytest.raises(ConfigError, match="choose one teacher"):
+        build_config(MineConfig, {"pairs": "x:train", "hybrid_teacher": {}, "cross_encoder": {"path": "ce"}})

@@ -77,8 +77,8 @@ def make_mined(
                 "negative_scores": [0.4] * k, "negative_ranks": list(range(1, k + 1)),
             }
             if with_ce:
-                row["ce_positive_score"] = 5.0
-                row["ce_negative_scores"] = [1.0 + j for j in range(k)]
+                row["teacher_positive_score"] = 5.0
+                row["teacher_negative_scores"] = [1.0 + j for j in range(k)]
             rows.append(row)
     if write_dataset:
         import datasets
