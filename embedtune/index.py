@@ -29,7 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
@@ -39,6 +39,7 @@ from .errors import IndexMismatchError, RunDirError
 from .io import TMP_PREFIX, atomic_write_jsonl, sha256_file, sha256_text
 from .manifest import MANIFEST, hash_path, stage_key, write_manifest
 from .models import load_model, model_info
+from .search import BackendName
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -52,7 +53,6 @@ SEARCHER_DIR = "searcher"
 PASSAGES_FILE = "passages.jsonl"
 METRIC = "ip"  # inner product on L2-normalised vectors = cosine similarity
 
-Backend = Literal["auto", "exact-numba", "faiss-flat", "faiss-ivf", "faiss-hnsw", "faiss-gpu-flat", "faiss-gpu-ivf"]
 
 
 class IndexConfig(StrictModel):
@@ -60,7 +60,7 @@ class IndexConfig(StrictModel):
 
     model: ModelConfig = ModelConfig()
     corpus: CorpusConfig
-    backend: Backend = Field("auto", description="Vector search backend (see embedtune.search.make_searcher).")
+    backend: BackendName = Field("auto", description="Vector search backend (see embedtune.search.make_searcher).")
     backend_options: dict[str, Any] = Field(
         default_factory=dict, description="Backend options: faiss-ivf nlist/nprobe, faiss-hnsw M/efConstruction/efSearch, exact-numba dtype.",
     )

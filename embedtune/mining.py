@@ -61,6 +61,7 @@ from .pairs import (
     pairs_from_jsonl,
     parse_splits,
 )
+from .search import BackendName
 
 log = logging.getLogger("embedtune")
 
@@ -106,7 +107,7 @@ class MineConfig(StrictModel):
     text_field: str = "text"
     retriever: Literal["dense", "bm25", "hybrid"] = Field("dense", description="hybrid = dense + BM25 fused with RRF.")
     rrf_k: int = Field(60, gt=0, description="Reciprocal-rank-fusion constant (Cormack et al. 2009).")
-    search_backend: Literal["exact", "auto", "faiss-flat", "faiss-ivf", "faiss-hnsw", "faiss-gpu-flat", "faiss-gpu-ivf"] = Field(
+    search_backend: Literal["exact"] | BackendName = Field(
         "exact", description="Dense search: exact (numba blocked top-k over the cached array, no copy) or a "
         "searcher backend of embedtune.search (approximate ones trade recall of candidates for speed)."
     )

@@ -33,7 +33,7 @@ import os
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence, get_args
 
 import numpy as np
 
@@ -576,7 +576,10 @@ _BACKENDS: dict[str, type[Searcher]] = {
     for cls in (ExactSearcher, FaissFlatSearcher, FaissIVFSearcher, FaissHNSWSearcher, FaissGpuFlatSearcher, FaissGpuIVFSearcher)
 }
 _CPU_EQUIVALENT = {"faiss-gpu-flat": "faiss-flat", "faiss-gpu-ivf": "faiss-ivf"}
-BACKENDS = ("auto", *_BACKENDS)
+# The names configs accept (a Literal, so pydantic validates them); kept equal to the classes above.
+BackendName = Literal["auto", "exact-numba", "faiss-flat", "faiss-ivf", "faiss-hnsw", "faiss-gpu-flat", "faiss-gpu-ivf"]
+BACKENDS = get_args(BackendName)
+assert set(BACKENDS) == {"auto", *_BACKENDS}, "BackendName out of step with the searcher classes"
 
 
 def make_searcher(backend: str = "auto", *, dim: int, **options: Any) -> Searcher:
@@ -694,4 +697,4 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-__all__ = ["BACKENDS", "Searcher", "exact_search", "load_searcher", "make_searcher"]
+__all__ = ["BACKENDS", "BackendName", "Searcher", "exact_search", "load_searcher", "make_searcher"]
