@@ -483,15 +483,15 @@ def test_faiss_backend_finds_the_same_negatives_as_exact_search(tmp_path, beir, 
 
 
 def test_hybrid_teacher_fuses_bm25_and_cosine_in_cosine_units(tmp_path, beir, bi_encoder):
-    """Teacher scores against a brute-force computation: z-scored BM25 over the pool, mapped onto the
-    query's cosine mean and spread over the pool, mixed with the cosine."""
+    """Teacher scores against a brute-force computation: BM25 z-scored by the query's top-10 BM25
+    scores, mapped onto the mean and spread of its top-10 cosines, mixed with the cosine."""
     import bm25s
     import Stemmer
 
     from embedtune.corpus import load_corpus
     from embedtune.models import load_model
 
-    summary, rows = mine(tmp_path, bi_encoder, f"{beir}:train", relative_margin=None, hybrid_teacher={"bm25_weight": 0.3})
+    summary, rows = mine(tmp_path, bi_encoder, f"{beir}:train", relative_margin=None, hybrid_teacher={"bm25_weight": 0.3, "stats_depth": 10})
     corpus = load_corpus(beir)
     texts = [d.full_text for d in corpus.values()]
     model = load_model(bi_encoder)
@@ -505,8 +505,9 @@ def test_hybrid_teacher_fuses_bm25_and_cosine_in_cosine_units(tmp_path, beir, bi
         cos_all = docs @ q
         tokens = bm25s.tokenize([r["query"]], stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)[0]
         bm_all = bm25.get_scores(tokens)
-        z = (bm_all - bm_all.mean()) / bm_all.std()
-        fused = 0.7 * cos_all + 0.3 * (cos_all.mean() + cos_all.std() * z)
+        bm_top, cos_top = np.sort(bm_all)[-10:], np.sort(cos_all)[-10:]
+        z = (bm_all - bm_top.mean()) / bm_top.std()
+        fused = 0.7 * cos_all + 0.3 * (cos_top.mean() + cos_top.std() * z)
         expected = [fused[texts.index(t)] for t in [r["positive"], *r["negatives"]]]
         assert np.allclose([r["teacher_positive_score"], *r["teacher_negative_scores"]], expected, atol=1e-4)
         checked += len(expected)
