@@ -536,12 +536,12 @@ def mine_negatives(
 
     counts: dict[str, int] = defaultdict(int)
     chosen_all: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = []
-    ce_positive = np.full(len(pairs), np.nan, dtype=np.float32)
-    ce_floor = np.full(len(query_ids), np.inf, dtype=np.float32)
+    teacher_positive = np.full(len(pairs), np.nan, dtype=np.float32)
+    teacher_floor = np.full(len(query_ids), np.inf, dtype=np.float32)
     if teacher is not None:
         t = time.perf_counter()
-        ce_positive[:] = teacher.score([(p.query, p.positive) for p in pairs])
-        ce_floor = _reference_positive(ce_positive, pair_query, len(query_ids), cfg.margin_against)
+        teacher_positive[:] = teacher.score([(p.query, p.positive) for p in pairs])
+        teacher_floor = _reference_positive(teacher_positive, pair_query, len(query_ids), cfg.margin_against)
         timings["teacher"] += time.perf_counter() - t
 
     searchers: dict = {}
@@ -579,14 +579,14 @@ def mine_negatives(
         counts["retrieved"] += int(valid.sum())
         timings["filter"] += time.perf_counter() - t
 
-        ce_cand = None
+        teacher_cand = None
         if teacher is not None:
             t = time.perf_counter()
             rows, cols = np.nonzero(eligible)
-            ce_cand = np.full(cand.shape, np.nan, dtype=np.float32)
+            teacher_cand = np.full(cand.shape, np.nan, dtype=np.float32)
             if rows.size:
-                ce_cand[rows, cols] = teacher.score([(query_texts[start + r], pool.texts[cand[r, c]]) for r, c in zip(rows, cols)])
-            too_close = eligible & (ce_cand > (ce_floor[start:stop] - teacher.margin)[:, None])
+                teacher_cand[rows, cols] = teacher.score([(query_texts[start + r], pool.texts[cand[r, c]]) for r, c in zip(rows, cols)])
+            too_close = eligible & (teacher_cand > (teacher_floor[start:stop] - teacher.margin)[:, None])
             counts["teacher"] += int(too_close.sum())
             eligible &= ~too_close
             timings["teacher"] += time.perf_counter() - t
@@ -602,8 +602,8 @@ def mine_negatives(
         neg_scores = np.take_along_axis(scores, safe, 1)
         # 1-based rank in the retriever's candidate list (positives included)
         neg_ranks = np.where(ok, safe + 1, 0)
-        neg_ce = np.take_along_axis(ce_cand, safe, 1) if ce_cand is not None else None
-        chosen_all.append((neg_idx, neg_scores, neg_ranks, ok, neg_ce))
+        neg_teacher = np.take_along_axis(teacher_cand, safe, 1) if teacher_cand is not None else None
+        chosen_all.append((neg_idx, neg_scores, neg_ranks, ok, neg_teacher))
         timings["sample"] += time.perf_counter() - t
 
     t = time.perf_counter()
@@ -611,21 +611,21 @@ def mine_negatives(
     neg_scores = np.concatenate([c[1] for c in chosen_all]) if chosen_all else np.zeros((0, cfg.num_negatives), np.float32)
     neg_ranks = np.concatenate([c[2] for c in chosen_all]) if chosen_all else np.zeros((0, cfg.num_negatives), np.int64)
     neg_ok = np.concatenate([c[3] for c in chosen_all]) if chosen_all else np.zeros((0, cfg.num_negatives), bool)
-    neg_ce = np.concatenate([c[4] for c in chosen_all]) if teacher is not None and chosen_all else None
+    neg_teacher = np.concatenate([c[4] for c in chosen_all]) if teacher is not None and chosen_all else None
 
-    given_ce: dict[tuple[str, str], float] = {}
+    given_teacher: dict[tuple[str, str], float] = {}
     if teacher is not None and any(p.given_negatives for p in pairs):
-        t_ce = time.perf_counter()
+        t_teacher = time.perf_counter()
         todo = sorted({(p.query, n) for p in pairs for n in p.given_negatives[: cfg.num_negatives]})
-        given_ce = dict(zip(todo, teacher.score(todo).tolist()))
-        timings["teacher"] += time.perf_counter() - t_ce
+        given_teacher = dict(zip(todo, teacher.score(todo).tolist()))
+        timings["teacher"] += time.perf_counter() - t_teacher
 
     rows: list[dict[str, Any]] = []
     given_ids: dict[str, str] = {}
     text_to_id = {text: doc_id for doc_id, text in zip(pool.ids, pool.texts)}
     for pi, pair in enumerate(pairs):
         qi = pair_query[pi]
-        row_ids, row_texts, row_scores, row_ranks, row_ce = [], [], [], [], []
+        row_ids, row_texts, row_scores, row_ranks, row_teacher = [], [], [], [], []
         qvec = query_emb[qi].astype(np.float32)
         for text in pair.given_negatives[: cfg.num_negatives]:
             doc_id = text_to_id.get(text) or given_ids.setdefault(text, f"given-negative-{len(given_ids)}")
@@ -634,7 +634,7 @@ def mine_negatives(
             row_scores.append(float(qvec @ given_negative_emb[text]))
             row_ranks.append(0)
             if teacher is not None:
-                row_ce.append(float(given_ce[(pair.query, text)]))
+                row_teacher.append(float(given_teacher[(pair.query, text)]))
         for j in np.flatnonzero(neg_ok[qi]):
             if len(row_ids) >= cfg.num_negatives:
                 break
@@ -645,8 +645,8 @@ def mine_negatives(
             row_texts.append(pool.texts[doc])
             row_scores.append(float(neg_scores[qi, j]))
             row_ranks.append(int(neg_ranks[qi, j]))
-            if neg_ce is not None:
-                row_ce.append(float(neg_ce[qi, j]))
+            if neg_teacher is not None:
+                row_teacher.append(float(neg_teacher[qi, j]))
         row = {
             "query_id": pair.query_id,
             "query": pair.query,
@@ -659,8 +659,8 @@ def mine_negatives(
             "negative_ranks": row_ranks,
         }
         if teacher is not None:
-            row["teacher_positive_score"] = float(ce_positive[pi])
-            row["teacher_negative_scores"] = row_ce
+            row["teacher_positive_score"] = float(teacher_positive[pi])
+            row["teacher_negative_scores"] = row_teacher
         rows.append(row)
     timings["rows"] += time.perf_counter() - t
 
