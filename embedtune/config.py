@@ -96,15 +96,16 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Return ``base`` with ``override`` merged in; None values in override are ignored
-    (a CLI flag the user did not pass)."""
+def deep_merge(base: dict[str, Any], override: dict[str, Any], *, keep_none: bool = False) -> dict[str, Any]:
+    """Return ``base`` with ``override`` merged in. None values in override are ignored (a CLI flag
+    the user did not pass) unless ``keep_none``: in a YAML section, ``null`` is a setting
+    (``relative_margin: null`` turns the filter off) and must reach the config."""
     out = dict(base)
     for key, value in override.items():
-        if value is None:
+        if value is None and not keep_none:
             continue
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value, keep_none=keep_none)
         else:
             out[key] = value
     return out

@@ -93,22 +93,22 @@ class Pipeline:
             pairs = data.pairs or (f"{bench}:{data.train_split}" if bench else None)
             if pairs is None:
                 raise ConfigError(f"{self.source}: field 'data': set data.benchmark, data.pairs or data.demo")
-            return build_config(MineConfig, deep_merge({"model": model, "pairs": pairs, "corpus": corpus}, cfg.mine), src)
+            return build_config(MineConfig, deep_merge({"model": model, "pairs": pairs, "corpus": corpus}, cfg.mine, keep_none=True), src)
         if stage == "train":
             from .training import TrainConfig
 
-            return build_config(TrainConfig, deep_merge({"model": model}, cfg.train), src)
+            return build_config(TrainConfig, deep_merge({"model": model}, cfg.train, keep_none=True), src)
         if stage == "index":
             from .index import IndexConfig
 
             if corpus is None:
                 raise ConfigError(f"{self.source}: field 'data.corpus': no corpus to index")
             base = {"model": tuned, "corpus": CorpusConfig(path=corpus).model_dump()}
-            return build_config(IndexConfig, deep_merge(base, cfg.index), src)
+            return build_config(IndexConfig, deep_merge(base, cfg.index, keep_none=True), src)
         if stage == "eval":
             from .evaluation import EvalConfig
 
-            return build_config(EvalConfig, deep_merge(self._eval_defaults(model, tuned), cfg.eval), src)
+            return build_config(EvalConfig, deep_merge(self._eval_defaults(model, tuned), cfg.eval, keep_none=True), src)
         if stage == "export":
             from .export import ExportConfig
 

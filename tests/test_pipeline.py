@@ -97,6 +97,20 @@ def test_bad_pipeline_config_fails_before_work(tmp_path, tiny_model_dir):
     assert not (tmp_path / "run").exists()
 
 
+def test_null_in_a_stage_section_is_a_setting_not_an_absent_key(tmp_path, tiny_model_dir):
+    """`relative_margin: null` turns the filter off; it used to be dropped like an unpassed CLI flag."""
+    from embedtune.pipeline import Pipeline, load_pipeline_config
+
+    config = pipeline_yaml(tmp_path, tiny_model_dir, tmp_path / "run")
+    cfg = yaml.safe_load(config.read_text())
+    cfg["mine"]["relative_margin"] = None
+    config.write_text(yaml.safe_dump(cfg))
+    stages = Pipeline(load_pipeline_config(config), str(config)).validate()
+    assert stages["mine"].relative_margin is None
+    assert stages["train"].dev.early_stopping_patience is None
+    assert load_pipeline_config(config, {"run_dir": None}).run_dir == str(tmp_path / "run")  # CLI: None = not passed
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_model_dir):
     """SIGKILL `embedtune run` during training, re-run the same command: same metrics as a run
