@@ -1,10 +1,35 @@
-"""BM25 through bm25s: the lexical baseline in evaluation and a candidate source for mining."""
+"""BM25 through bm25s: the lexical baseline in evaluation, a candidate source for mining and the
+lexical half of mining's hybrid teacher. One setting for all of them: Lucene BM25 (k1=1.5,
+b=0.75), English stopwords, Snowball stemmer."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
+
+
+def _tokenize(texts: Sequence[str], *, return_ids: bool = True, show_progress: bool = False):
+    import bm25s
+    import Stemmer
+
+    return bm25s.tokenize(list(texts), stopwords="en", stemmer=Stemmer.Stemmer("english"), return_ids=return_ids, show_progress=show_progress)
+
+
+def bm25_index(doc_texts: Sequence[str], *, show_progress: bool = False):
+    """A bm25s retriever over ``doc_texts`` with the project's BM25 settings."""
+    import bm25s
+
+    retriever = bm25s.BM25(method="lucene", k1=1.5, b=0.75)
+    retriever.index(_tokenize(doc_texts, show_progress=show_progress), show_progress=show_progress)
+    return retriever
+
+
+def bm25_scores(retriever, query: str) -> np.ndarray | None:
+    """BM25 score of ``query`` against every indexed document, or None when no query word occurs
+    in any document (no lexical evidence at all)."""
+    ids = retriever.get_tokens_ids(_tokenize([query], return_ids=False)[0])  # unknown words are left out
+    return retriever.get_scores_from_ids(ids) if ids else None
 
 
 def bm25_search(
@@ -15,21 +40,15 @@ def bm25_search(
     *,
     show_progress: bool = False,
 ) -> tuple[list[np.ndarray], list[list[str]]]:
-    """Top-``k`` BM25 (Lucene variant, k1=1.5, b=0.75, English stopwords, Snowball stemmer).
+    """Top-``k`` BM25 documents per query.
 
     Returns (scores, ids) per query, best first: at most ``k`` documents, and only documents that
     share at least one term with the query (bm25s fills up to k with zero-score documents, which
     a lexical retriever would not return).
     """
-    import bm25s
-    import Stemmer
-
     k = min(int(k), len(doc_ids))
-    stemmer = Stemmer.Stemmer("english")
-    corpus_tokens = bm25s.tokenize(list(doc_texts), stopwords="en", stemmer=stemmer, show_progress=show_progress)
-    retriever = bm25s.BM25(method="lucene", k1=1.5, b=0.75)
-    retriever.index(corpus_tokens, show_progress=show_progress)
-    query_tokens = bm25s.tokenize(list(queries), stopwords="en", stemmer=stemmer, show_progress=show_progress)
+    retriever = bm25_index(doc_texts, show_progress=show_progress)
+    query_tokens = _tokenize(queries, show_progress=show_progress)
     idx, scores = retriever.retrieve(query_tokens, k=k, show_progress=show_progress, n_threads=1)
     out_scores, out_ids = [], []
     for row_idx, row_scores in zip(idx, scores):

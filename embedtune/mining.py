@@ -729,15 +729,14 @@ class HybridTeacher(Teacher):
     neither sentence-transformers nor bm25s fuses scores (both only rank).
 
     Texts are looked up, not re-encoded: queries by their text, documents among the pool and the
-    extra texts (generated positives, given negatives) handed over with their embeddings. Extra
-    texts are indexed for BM25 together with the pool; their share of the document frequencies
+    ``extra`` texts (generated positives, given negatives: text -> embedding). Extra texts are
+    indexed for BM25 together with the pool; their share of the document frequencies
     shifts BM25's idf slightly, the statistics use the pool documents only.
     """
 
     def __init__(self, cfg: HybridTeacherConfig, query_texts: list[str], query_emb: np.ndarray, pool: "CandidatePool",
-                 extra_texts: list[str], extra_emb: np.ndarray | None):
-        import bm25s
-        import Stemmer
+                 extra: dict[str, np.ndarray]):
+        from .lexical import bm25_index
 
         self.margin, self.weight = cfg.margin, cfg.bm25_weight
         self.query_index = {t: i for i, t in enumerate(query_texts)}
@@ -745,13 +744,12 @@ class HybridTeacher(Teacher):
         self.pool, self.n_pool = pool, len(pool.ids)
         self.depth = min(cfg.stats_depth, self.n_pool)
         self.doc_index = {t: i for i, t in enumerate(pool.texts)}
-        for text in extra_texts:
+        for text in extra:
             self.doc_index.setdefault(text, len(self.doc_index))
-        extra = [t for t, i in self.doc_index.items() if i >= self.n_pool]
-        self.extra_emb = np.zeros((len(extra), self.query_emb.shape[1]), np.float32)
-        if extra:
-            by_text = dict(zip(extra_texts, np.asarray(extra_emb, dtype=np.float32)))
-            self.extra_emb = np.stack([by_text[t] for t in extra])
+        extra_texts = [t for t, i in self.doc_index.items() if i >= self.n_pool]
+        self.extra_emb = np.zeros((len(extra_texts), self.query_emb.shape[1]), np.float32)
+        if extra_texts:
+            self.extra_emb = np.stack([np.asarray(extra[t], dtype=np.float32) for t in extra_texts])
         # cosine statistics of every query's top documents (exact search, in chunks)
         self.cos_mean = np.empty(len(query_texts), np.float64)
         self.cos_std = np.empty(len(query_texts), np.float64)
@@ -759,10 +757,7 @@ class HybridTeacher(Teacher):
             top, _ = _dense_topk(pool, self.query_emb[lo : lo + 2048], self.depth, "exact", {})
             self.cos_mean[lo : lo + 2048], self.cos_std[lo : lo + 2048] = top.mean(1), top.std(1)
         self.bm25_stats: dict[int, tuple[float, float]] = {}
-        self.stemmer = Stemmer.Stemmer("english")
-        tokens = bm25s.tokenize(list(pool.texts) + extra, stopwords="en", stemmer=self.stemmer, show_progress=False)
-        self.bm25 = bm25s.BM25(method="lucene", k1=1.5, b=0.75)  # as lexical.bm25_search
-        self.bm25.index(tokens, show_progress=False)
+        self.bm25 = bm25_index(list(pool.texts) + extra_texts)
 
     def _doc_vectors(self, idx: np.ndarray) -> np.ndarray:
         out = np.empty((len(idx), self.query_emb.shape[1]), np.float32)
@@ -774,7 +769,7 @@ class HybridTeacher(Teacher):
         return out
 
     def score(self, pairs: list[tuple[str, str]]) -> np.ndarray:
-        import bm25s
+        from .lexical import bm25_scores
 
         if not pairs:
             return np.zeros(0, np.float32)
@@ -785,11 +780,9 @@ class HybridTeacher(Teacher):
         order = np.argsort(q_idx, kind="stable")
         for group in np.split(order, np.flatnonzero(np.diff(q_idx[order])) + 1):
             qi = int(q_idx[group[0]])
-            tokens = bm25s.tokenize([pairs[group[0]][0]], stopwords="en", stemmer=self.stemmer, return_ids=False, show_progress=False)[0]
-            ids = self.bm25.get_tokens_ids(tokens)  # words no document uses are left out
-            if not ids:
+            scores = bm25_scores(self.bm25, pairs[group[0]][0])
+            if scores is None:
                 continue  # no lexical evidence: BM25 adds nothing to this query's scores
-            scores = self.bm25.get_scores_from_ids(ids)
             if qi not in self.bm25_stats:
                 top = np.partition(scores[: self.n_pool], self.n_pool - self.depth)[self.n_pool - self.depth :]
                 self.bm25_stats[qi] = (float(top.mean()), float(top.std()))
@@ -944,11 +937,8 @@ def mine_hard_negatives(
     timings["encode_queries"] = time.perf_counter() - t
     if cfg.hybrid_teacher is not None:
         t = time.perf_counter()
-        extra_vecs = [v for v in (generated_emb, None if given_emb is None else np.stack(list(given_emb.values()))) if v is not None]
-        teacher = HybridTeacher(
-            cfg.hybrid_teacher, query_texts, query_emb, pool, generated + list(given_emb or {}),
-            np.concatenate(extra_vecs) if extra_vecs else None,
-        )
+        extra = dict(zip(generated, generated_emb if generated_emb is not None else [])) | (given_emb or {})
+        teacher = HybridTeacher(cfg.hybrid_teacher, query_texts, query_emb, pool, extra)
         timings["teacher_index"] = time.perf_counter() - t
 
     result = mine_negatives(

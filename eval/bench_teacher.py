@@ -57,7 +57,7 @@ def main() -> None:
     qtexts = [ds.queries[q] for q in qids]
     qemb = encode_queries(model, model_cfg, qids, qtexts)  # the embedding cache dense_run filled
     teacher = HybridTeacher(
-        HybridTeacherConfig(bm25_weight=args.bm25_weight, stats_depth=args.stats_depth), qtexts, qemb, pool, [], None
+        HybridTeacherConfig(bm25_weight=args.bm25_weight, stats_depth=args.stats_depth), qtexts, qemb, pool, {}
     )
     fused = {}
     for qid, text in zip(qids, qtexts):
