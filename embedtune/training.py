@@ -227,20 +227,20 @@ def load_mined(folder: str | Path) -> MinedData:
 
 def _read_pairs_jsonl(path: Path) -> dict[str, list]:
     columns: dict[str, list] = {c: [] for c in REQUIRED_COLUMNS}
-    has_ce = None
+    has_teacher = None
     for lineno, obj in read_jsonl(path):
         for name in REQUIRED_COLUMNS:
             if name not in obj:
                 raise InputError("missing", file=path, line=lineno, field=name)
             columns[name].append(obj[name])
-        row_has_ce = "teacher_positive_score" in obj
-        if has_ce is None:
-            has_ce = row_has_ce
-            if has_ce:
+        row_has_teacher = "teacher_positive_score" in obj
+        if has_teacher is None:
+            has_teacher = row_has_teacher
+            if has_teacher:
                 columns["teacher_positive_score"], columns["teacher_negative_scores"] = [], []
-        if row_has_ce != has_ce:
+        if row_has_teacher != has_teacher:
             raise InputError("teacher_positive_score present on some rows only", file=path, line=lineno, field="teacher_positive_score")
-        if has_ce:
+        if has_teacher:
             columns["teacher_positive_score"].append(obj["teacher_positive_score"])
             columns["teacher_negative_scores"].append(obj.get("teacher_negative_scores"))
         i = len(columns["query_id"]) - 1
@@ -398,8 +398,8 @@ def build_train_rows(data: MinedData, cfg: TrainConfig, exclude_query_ids: set[s
     c = data.columns
     rng = random.Random(cfg.seed)
     n_neg = cfg.negatives_per_query
-    use_ce = cfg.loss.name == "margin_mse"
-    if use_ce and not data.has_teacher_scores:
+    use_teacher = cfg.loss.name == "margin_mse"
+    if use_teacher and not data.has_teacher_scores:
         raise ConfigError(
             "loss margin_mse needs teacher scores (teacher_positive_score, teacher_negative_scores) in the mined data; "
             "mine with a cross-encoder or choose another loss", field="loss.name",
@@ -438,13 +438,13 @@ def build_train_rows(data: MinedData, cfg: TrainConfig, exclude_query_ids: set[s
     row_doc_ids: list[list[str]] = []
     for n in range(1, n_neg + 1):
         out[f"negative_{n}"] = []
-    if use_ce:
+    if use_teacher:
         out["label"] = []
     for k, i in enumerate(selected):
         qid = c["query_id"][i]
         negs = list(zip(c["negative_ids"][i], texts["negatives"][k]))[:n_neg]
         if len(negs) < n_neg:
-            padding = None if use_ce or cfg.short_rows == "drop" else _padding(
+            padding = None if use_teacher or cfg.short_rows == "drop" else _padding(
                 pool_ids, {d for d, _ in negs} | known_positives.get(qid, set()), n_neg - len(negs), rng
             )
             if padding is None:
@@ -458,7 +458,7 @@ def build_train_rows(data: MinedData, cfg: TrainConfig, exclude_query_ids: set[s
         row_doc_ids.append([c["positive_id"][i]] + [d for d, _ in negs])
         for n, (_, text) in enumerate(negs, start=1):
             out[f"negative_{n}"].append(text)
-        if use_ce:
+        if use_teacher:
             scores = texts["teacher_negative_scores"][k][:n_neg]
             out["label"].append([float(texts["teacher_positive_score"][k])] + [float(v) for v in scores])
     stats["train_rows"] = len(out["anchor"])
