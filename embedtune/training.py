@@ -606,10 +606,35 @@ class RoundResult:
     seconds: float
 
 
-def _last_checkpoint(ckpt_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def _checkpoint_is_complete(path: Path) -> bool:
+    # The trainer writes trainer_state.json last (after weights, optimizer, scheduler and RNG
+    # states), with a plain open/write: a checkpoint whose state file is missing or cut short was
+    # being saved when the run died.
+    try:
+        json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
 
-    return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+
+def _last_checkpoint(ckpt_dir: Path, *, drop_incomplete: bool = False) -> str | None:
+    """The newest complete checkpoint in ``ckpt_dir``. transformers' ``get_last_checkpoint`` takes
+    the newest folder even when a kill cut its saving short, and resuming from it then fails; with
+    ``drop_incomplete`` such folders are removed so the trainer saves them afresh."""
+    if not ckpt_dir.is_dir():
+        return None
+    steps = []
+    for path in ckpt_dir.glob("checkpoint-*"):
+        suffix = path.name.removeprefix("checkpoint-")
+        if path.is_dir() and suffix.isdigit():
+            steps.append((int(suffix), path))
+    for _, path in sorted(steps, reverse=True):
+        if _checkpoint_is_complete(path):
+            return str(path)
+        if drop_incomplete:
+            log.warning("%s was cut short while being saved: removed, resuming from the one before", path)
+            shutil.rmtree(path)
+    return None
 
 
 def train_round(
@@ -649,7 +674,7 @@ def train_round(
     loss = build_loss(model, cfg.loss, guide=guide, distributed=world_size() > 1, known_positives=known)
 
     ckpt_dir = work_dir / "checkpoints"
-    checkpoint = _last_checkpoint(ckpt_dir) if resume else None
+    checkpoint = _last_checkpoint(ckpt_dir, drop_incomplete=True) if resume else None
     if resume and checkpoint is None:
         log.info("no checkpoint in %s: starting from the beginning", ckpt_dir)
     elif not resume and _last_checkpoint(ckpt_dir):

@@ -355,6 +355,11 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(tmp_path, trainable_
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     result = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "train.yaml"), "--data", str(data), "--out", str(tmp_path / "killed")])
     assert result.exit_code == 7 and "--resume" in result.output  # never silently restarts over a checkpoint
+    # a kill while the next checkpoint was being saved leaves a folder without its trainer state
+    ckpts = tmp_path / "killed" / "checkpoints"
+    cut_short = ckpts / "checkpoint-6"
+    shutil.copytree(ckpts / "checkpoint-4", cut_short)
+    (cut_short / "trainer_state.json").unlink()
     resumed = train_model(cfg, data, tmp_path / "killed", resume=True, progress=False)
 
     assert _max_diff(_weights(tmp_path / "straight" / "model"), _weights(tmp_path / "killed" / "model")) < 1e-6
