@@ -369,6 +369,32 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(tmp_path, trainable_
     assert straight["metrics"]["best_dev_ndcg@10"] == resumed["metrics"]["best_dev_ndcg@10"]
 
 
+def test_a_crash_after_the_last_step_resumes_without_training_again(tmp_path, trainable_model_dir):
+    """The final checkpoint stays until the manifest says complete: a crash in between (here: the
+    curve plot) resumes from it, with no optimizer step and the same model."""
+    from transformers import TrainerCallback
+
+    class CountSteps(TrainerCallback):
+        steps = 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            CountSteps.steps += 1
+
+    data = make_mined(tmp_path / "m")
+    cfg = _cfg(trainable_model_dir, max_steps=4, dev={"enabled": False}, save_steps=2)
+    out = tmp_path / "run"
+    with mock.patch("embedtune.training.plot_curve", side_effect=RuntimeError("killed")), pytest.raises(RuntimeError):
+        train_model(cfg, data, out, progress=False)
+    first = _weights(out / "model")
+    assert (out / "checkpoints" / "checkpoint-4").is_dir()
+
+    manifest = train_model(cfg, data, out, resume=True, callbacks=[CountSteps()], progress=False)
+    assert CountSteps.steps == 0
+    assert manifest["status"] == "complete" and manifest["metrics"]["steps"] == 4
+    assert _max_diff(first, _weights(out / "model")) == 0
+    assert not (out / "checkpoints").exists()
+
+
 def test_two_rounds_remine_with_the_tuned_model(tmp_path, trainable_model_dir):
     from embedtune.config import build_config
     from embedtune.manifest import read_manifest

@@ -9,6 +9,9 @@ from . import data_cmd, mine_cmd, train_cmd, index_cmd, eval_cmd, export_cmd, ru
 
 
 def main() -> None:
+    from ..allocator import reexec_with_tuned_allocator
+
+    reexec_with_tuned_allocator()
     app()
 
 
