@@ -8,7 +8,7 @@ bf16, median optimizer-step time) in child processes, alternately without and wi
 and peak memory. The tunables are what the CLI sets; tunables must be in place at process start,
 hence the children.
 
-    python eval/bench_allocator.py --json
+    python eval/bench_allocator.py --json    (from the repository root, like the other benchmarks)
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from embedtune.allocator import OPT_OUT, TUNABLES
@@ -33,13 +34,15 @@ def run_child(tunables: str | None, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, str(HERE / "bench_training.py"), "--compare-precision", "--json", "--repeats", "1",
            "--steps", str(args.steps), "--skip", str(args.skip), "--max-seq-length", str(args.max_seq_length),
            "--batch-size", str(args.batch_size), "--data", args.data, "--model", args.model]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    stdout = proc.stdout.read()
-    # wait4, not Popen.wait: the child's own resource usage (faults, peak memory) comes with it
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        sys.exit(f"bench_training.py failed (exit {proc.returncode}): {' '.join(cmd)}")
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        stdout = proc.stdout.read()
+        # wait4, not Popen.wait: the child's own resource usage (faults, peak memory) comes with it
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            sys.exit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{err.read()[-2000:]}")
     result = json.loads(stdout.strip().splitlines()[-1])
     return {"median_step_s": result["median_step_s"], "page_faults": usage.ru_minflt, "system_cpu_s": round(usage.ru_stime, 1),
             "user_cpu_s": round(usage.ru_utime, 1), "peak_rss_mb": usage.ru_maxrss // 1024}
