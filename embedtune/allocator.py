@@ -5,7 +5,8 @@ to the kernel, and nearly every activation tensor of a training step is such a b
 then faults in gigabytes of fresh zeroed pages: a MiniLM step at batch 32 x 3 texts x 256 tokens
 took ~0.9 million page faults and spent ~45% of its CPU time in the kernel. Serving every block
 from the heap (``mmap_max=0``) and never trimming it (``trim_threshold``) reuses the memory
-instead: the step runs 1.6-1.75x faster for ~20% more peak memory (``eval/bench_allocator.py``).
+instead: embedtune's training step ran 1.84x (fp32) and 1.79x (bf16) faster, with 8% more peak
+memory (``eval/bench_allocator.py``, ``eval/results/allocator.json``).
 PyTorch's CPU guides reach the same with jemalloc/tcmalloc, which the package registries here do
 not carry; glibc tunables need nothing installed.
 
