@@ -3,7 +3,7 @@
 Why: glibc hands each freed block above its mmap threshold (128 KiB, adapting up to 32 MiB) back
 to the kernel, and nearly every activation tensor of a training step is such a block. Each step
 then faults in gigabytes of fresh zeroed pages: a MiniLM step at batch 32 x 3 texts x 256 tokens
-took ~0.9 million page faults and spent ~45% of its CPU time in the kernel. Serving every block
+took ~0.9 million page faults, and 42% of the CPU time went to the kernel. Serving every block
 from the heap (``mmap_max=0``) and never trimming it (``trim_threshold``) reuses the memory
 instead: embedtune's training step ran 1.84x (fp32) and 1.79x (bf16) faster, with 8% more peak
 memory (``eval/bench_allocator.py``, ``eval/results/allocator.json``).
