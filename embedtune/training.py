@@ -617,10 +617,9 @@ def _checkpoint_is_complete(path: Path) -> bool:
     return True
 
 
-def _finished_state(checkpoint: str) -> dict[str, Any] | None:
-    """The trainer state of ``checkpoint`` when it is the run's final step, else None."""
+def _is_final_step(checkpoint: str) -> bool:
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
-    return state if state.get("max_steps") and state.get("global_step", 0) >= state["max_steps"] else None
+    return bool(state.get("max_steps")) and state.get("global_step", 0) >= state["max_steps"]
 
 
 def _last_checkpoint(ckpt_dir: Path, *, drop_incomplete: bool = False) -> str | None:
@@ -701,8 +700,7 @@ def train_round(
         f"{len(train_ds):,}", cfg.negatives_per_query, _describe_steps(args), dev.description if dev else "none",
     )
     base = _base_dev_score(evaluator, model, work_dir, fresh=checkpoint is None) if dev else None
-    finished = _finished_state(checkpoint) if checkpoint else None
-    if finished is not None:
+    if checkpoint and _is_final_step(checkpoint):
         # transformers resumes a run whose last checkpoint is its final step with one step too many
         # (it checks max_steps only after a step): finish from the checkpoint instead of training
         from transformers import TrainerState
