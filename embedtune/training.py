@@ -402,7 +402,7 @@ def build_train_rows(data: MinedData, cfg: TrainConfig, exclude_query_ids: set[s
     if use_teacher and not data.has_teacher_scores:
         raise ConfigError(
             "loss margin_mse needs teacher scores (teacher_positive_score, teacher_negative_scores) in the mined data; "
-            "mine with a cross-encoder or choose another loss", field="loss.name",
+            "mine with a teacher (mine.cross_encoder or mine.hybrid_teacher) or choose another loss", field="loss.name",
         )
     stats = {"mined_rows": data.num_rows, "dev_rows_excluded": 0, "capped_rows": 0, "padded_rows": 0, "dropped_short_rows": 0}
 
@@ -606,19 +606,17 @@ class RoundResult:
     seconds: float
 
 
-def _checkpoint_is_complete(path: Path) -> bool:
-    # The trainer writes trainer_state.json last (after weights, optimizer, scheduler and RNG
-    # states), with a plain open/write: a checkpoint whose state file is missing or cut short was
-    # being saved when the run died.
+def _trainer_state(checkpoint: str | Path) -> dict[str, Any] | None:
+    """A checkpoint's trainer state, or None when the checkpoint is incomplete. The trainer writes
+    trainer_state.json last (after weights, optimizer, scheduler and RNG states), with a plain
+    open/write: a missing or cut-short state file means the run died while saving."""
     try:
-        json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        return json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return True
+        return None
 
 
-def _is_final_step(checkpoint: str) -> bool:
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+def _is_final_step(state: dict[str, Any]) -> bool:
     return bool(state.get("max_steps")) and state.get("global_step", 0) >= state["max_steps"]
 
 
@@ -634,7 +632,7 @@ def _last_checkpoint(ckpt_dir: Path, *, drop_incomplete: bool = False) -> str | 
         if path.is_dir() and suffix.isdigit():
             steps.append((int(suffix), path))
     for _, path in sorted(steps, reverse=True):
-        if _checkpoint_is_complete(path):
+        if _trainer_state(path) is not None:
             return str(path)
         if drop_incomplete:
             log.warning("%s was cut short while being saved: removed, resuming from the one before", path)
@@ -700,7 +698,7 @@ def train_round(
         f"{len(train_ds):,}", cfg.negatives_per_query, _describe_steps(args), dev.description if dev else "none",
     )
     base = _base_dev_score(evaluator, model, work_dir, fresh=checkpoint is None) if dev else None
-    if checkpoint and _is_final_step(checkpoint):
+    if checkpoint and _is_final_step(_trainer_state(checkpoint) or {}):
         # transformers resumes a run whose last checkpoint is its final step with one step too many
         # (it checks max_steps only after a step): finish from the checkpoint instead of training
         from transformers import TrainerState
