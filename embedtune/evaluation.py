@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .config import ModelConfig, StrictModel
 from .corpus import BeirDataset, load_beir, parse_benchmark_source
 from .errors import ConfigError
+from .fusion import WEIGHT_GRID, FusionConfig, fuse_runs
 
 log = logging.getLogger("embedtune")
 
@@ -52,13 +54,31 @@ class EvalConfig(StrictModel):
     seed: int = 0
     skip_unknown_ids: bool = Field(False, description="Drop qrels rows naming unknown query/document ids (reported).")
     cache_dir: str | None = Field(None, description="Embedding cache folder; default ~/.cache/embedtune/embeddings.")
+    hybrid: bool = Field(False, description="Add hybrid(<model>): BM25 fused with each model (embedtune.fusion).")
+    fusion: FusionConfig = Field(default_factory=FusionConfig, description="Fusion method and depth. A bm25_weight given "
+                                 "here is used as it is, unless fusion_dev_split is set too.")
+    fusion_dev_split: str | None = Field(None, description="Qrels split of the same benchmark the fusion weight is chosen "
+                                         "on, per model (never the test split). Unset: 'dev' when the benchmark has one and "
+                                         "no fusion.bm25_weight is given; otherwise the weight is fixed.")
+    fusion_dev_queries: list[str] | None = Field(None, description="Only these query ids of fusion_dev_split (the "
+                                                 "pipeline passes the queries training held out).")
+
+    @model_validator(mode="after")
+    def _dev_is_not_test(self) -> "EvalConfig":
+        if self.fusion_dev_split is not None and self.fusion_dev_split == self.split:
+            raise ValueError(f"fusion_dev_split '{self.fusion_dev_split}' is the evaluated split; choose the weight on another split")
+        return self
 
 
 # --------------------------------------------------------------------------- metrics
 
 
-def compute_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]], *, ignore_identical_ids: bool = True) -> dict[str, dict[str, float]]:
-    """Per-query metrics: ``{metric: {query_id: value}}`` for every metric in :data:`METRICS`.
+def compute_metrics(
+    qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]], *, ignore_identical_ids: bool = True,
+    only: tuple[str, ...] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Per-query metrics: ``{metric: {query_id: value}}`` for every metric in :data:`METRICS`
+    (or those of ``only``, e.g. ``("ndcg@10",)`` when sweeping a fusion weight).
 
     Queries of ``qrels`` missing from ``run`` score 0 (beir would silently skip them).
     """
@@ -78,11 +98,15 @@ def compute_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, f
     names |= {f"map@{k}": f"map_cut_{k}" for k in MAP_K}
     names |= {f"recall@{k}": f"recall_{k}" for k in RECALL_K}
     names |= {f"p@{k}": f"P_{k}" for k in P_K}
-    out: dict[str, dict[str, float]] = {m: {} for m in METRICS}
+    wanted = METRICS if only is None else only
+    names = {ours: theirs for ours, theirs in names.items() if ours in wanted}
+    out: dict[str, dict[str, float]] = {m: {} for m in wanted}
     for qid in qrels:
         per = scores.get(qid, {})
         for ours, theirs in names.items():
             out[ours][qid] = float(per.get(theirs, 0.0))
+        if f"mrr@{MRR_K}" not in out:
+            continue
         relevant = {d for d, s in qrels[qid].items() if s > 0}
         top = sorted(run.get(qid, {}).items(), key=lambda kv: kv[1], reverse=True)[:MRR_K]
         out[f"mrr@{MRR_K}"][qid] = next((1.0 / (r + 1) for r, (d, _) in enumerate(top) if d in relevant), 0.0)
@@ -148,6 +172,56 @@ def compare(baseline: dict[str, dict[str, float]], system: dict[str, dict[str, f
         out["metrics"][metric] = paired_randomization_test(a, b, permutations=permutations, seed=seed)
     out[f"{HEADLINE}_per_query"] = wins_ties_losses(baseline[HEADLINE], system[HEADLINE])
     return out
+
+
+# --------------------------------------------------------------------------- fusion weight
+
+
+@dataclass
+class FusionChoice:
+    """The fusion chosen on a dev signal, and the curve it was chosen from."""
+
+    config: FusionConfig
+    dev_ndcg: float | None  # None: not chosen on dev (a fixed weight)
+    curve: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # method -> [(weight, dev nDCG@10)]
+    dev_queries: int = 0
+    source: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"config": self.config.model_dump(mode="json"), "dev_ndcg@10": None if self.dev_ndcg is None else round(self.dev_ndcg, 4),
+                "dev_queries": self.dev_queries, "source": self.source,
+                "curve": {m: [[w, round(v, 4)] for w, v in pts] for m, pts in self.curve.items()}}
+
+
+def choose_fusion(
+    dense: Run,
+    lexical: Run,
+    qrels: dict[str, dict[str, int]],
+    *,
+    base: FusionConfig | None = None,
+    methods: tuple[str, ...] | None = None,
+    weights: tuple[float, ...] = WEIGHT_GRID,
+    source: str = "",
+) -> FusionChoice:
+    """The BM25 weight (for each of ``methods``, default: ``base.method`` only) with the best mean
+    nDCG@10 over the dev ``qrels``. Ties go to the weight nearest 0.5."""
+    base = base or FusionConfig()
+    methods = methods or (base.method,)
+    qrels = {q: r for q, r in qrels.items() if q in dense}
+    curve: dict[str, list[tuple[float, float]]] = {}
+    best: tuple[float, float, FusionConfig] | None = None
+    for method in methods:
+        curve[method] = []
+        for w in weights:
+            cfg = base.model_copy(update={"method": method, "bm25_weight": float(w)})
+            ndcg = compute_metrics(qrels, fuse_runs(dense, lexical, cfg), only=("ndcg@10",))["ndcg@10"]
+            score = float(np.mean(list(ndcg.values()))) if ndcg else 0.0
+            curve[method].append((float(w), score))
+            rank = (round(score, 10), -abs(float(w) - 0.5))
+            if best is None or rank > best[:2]:
+                best = (rank[0], rank[1], cfg)
+    assert best is not None
+    return FusionChoice(config=best[2], dev_ndcg=best[0], curve=curve, dev_queries=len(qrels), source=source)
 
 
 # --------------------------------------------------------------------------- retrieval
@@ -219,10 +293,51 @@ def _labels(cfg: EvalConfig) -> list[str]:
     return out
 
 
+def _fusion_dev(cfg: EvalConfig, folder: Path, ds: BeirDataset) -> BeirDataset | None:
+    """The dev queries the fusion weight is chosen on, against the evaluated corpus."""
+    split = cfg.fusion_dev_split
+    if split is None and "bm25_weight" not in cfg.fusion.model_fields_set:
+        split = "dev" if (folder / "qrels" / "dev.tsv").is_file() and cfg.split != "dev" else None
+    if split is None:
+        return None
+    dev = load_beir(folder, split, skip_unknown_ids=cfg.skip_unknown_ids)
+    keep = set(dev.qrels) if cfg.fusion_dev_queries is None else set(cfg.fusion_dev_queries) & set(dev.qrels)
+    if not keep:
+        raise ConfigError(f"no judged queries of split '{split}' to choose the fusion weight on", field="fusion_dev_queries")
+    dev.queries = {q: t for q, t in dev.queries.items() if q in keep}
+    dev.qrels = {q: r for q, r in dev.qrels.items() if q in keep}
+    dev.split = split
+    return dev
+
+
+def _hybrid_systems(cfg: EvalConfig, folder: Path, ds: BeirDataset, dense: list[dict[str, Any]], lexical: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """hybrid(<model>) for each dense system: its run fused with BM25's, weight chosen on dev."""
+    dev = _fusion_dev(cfg, folder, ds)
+    dev_lexical = bm25_run(dev, top_k=cfg.fusion.depth)[0] if dev is not None else None
+    out = []
+    for system, model_cfg in zip(dense, cfg.models):
+        if dev is not None:
+            dev_dense, _ = dense_run(model_cfg, dev, top_k=cfg.fusion.depth, cache_dir=cfg.cache_dir, show_progress=False)
+            choice = choose_fusion(dev_dense, dev_lexical, dev.qrels, base=cfg.fusion,
+                                   source=f"{folder.name}:{dev.split} ({len(dev.qrels)} queries)")
+        else:
+            choice = FusionChoice(config=cfg.fusion, dev_ndcg=None, source="fixed (no dev split)")
+        log.info("hybrid(%s): %s, bm25_weight %.2f (%s)", system["name"], choice.config.method, choice.config.bm25_weight, choice.source)
+        out.append({"name": f"hybrid({system['name']})", "kind": "hybrid", "fusion": choice.as_dict(),
+                    "run": fuse_runs(system["run"], lexical, choice.config)})
+    return out
+
+
 def evaluate(cfg: EvalConfig, *, show_progress: bool = True) -> dict[str, Any]:
-    """Evaluate every system of ``cfg`` on the same queries; returns the full results dict."""
+    """Evaluate every system of ``cfg`` on the same queries; returns the full results dict.
+
+    The first system is the baseline of the paired tests; with ``hybrid``, every system is also
+    compared with hybrid(<first model>), the best system that needs no training.
+    """
     if not cfg.models and not cfg.bm25:
         raise ConfigError("nothing to evaluate: give at least one --model or --bm25", field="models")
+    if cfg.hybrid and not cfg.models:
+        raise ConfigError("--hybrid fuses BM25 with a model: give at least one --model", field="models")
     folder, _ = parse_benchmark_source(f"{cfg.data}:{cfg.split}")
     ds = load_beir(folder, cfg.split, skip_unknown_ids=cfg.skip_unknown_ids)
     systems: list[dict[str, Any]] = []
@@ -230,16 +345,23 @@ def evaluate(cfg: EvalConfig, *, show_progress: bool = True) -> dict[str, Any]:
         log.info("evaluating %s on %s/%s (%d queries, %d documents)", label, folder.name, cfg.split, len(ds.queries), len(ds.corpus))
         run, info = dense_run(model_cfg, ds, top_k=cfg.top_k, cache_dir=cfg.cache_dir, show_progress=show_progress)
         systems.append({"name": label, **info, "run": run})
-    if cfg.bm25:
-        run, info = bm25_run(ds, top_k=cfg.top_k)
-        systems.append({"name": "bm25", **info, "run": run})
+    if cfg.bm25 or cfg.hybrid:
+        run, info = bm25_run(ds, top_k=max(cfg.top_k, cfg.fusion.depth) if cfg.bm25 else cfg.fusion.depth)
+        bm25_system = {"name": "bm25", **info, "run": run}
+        if cfg.hybrid:
+            systems += _hybrid_systems(cfg, folder, ds, list(systems), run)
+        if cfg.bm25:
+            systems.append(bm25_system)
     for s in systems:
         s["per_query"] = compute_metrics(ds.qrels, s.pop("run"))
         s["metrics"] = mean_metrics(s["per_query"])
+    baselines = [systems[0]] + [s for s in systems if s["kind"] == "hybrid"][:1]
     comparisons = []
-    for s in systems[1:]:
-        comparisons.append({"system": s["name"], "baseline": systems[0]["name"],
-                            **compare(systems[0]["per_query"], s["per_query"], permutations=cfg.permutations, seed=cfg.seed)})
+    for b in baselines:
+        for s in systems:
+            if s is not b and not (b is not systems[0] and s is systems[0]):
+                comparisons.append({"system": s["name"], "baseline": b["name"],
+                                    **compare(b["per_query"], s["per_query"], permutations=cfg.permutations, seed=cfg.seed)})
     return {
         "dataset": str(folder), "split": cfg.split, "queries": len(ds.queries), "documents": len(ds.corpus),
         "skipped_qrels": ds.skipped_qrels, "systems": systems, "comparisons": comparisons,
@@ -248,11 +370,22 @@ def evaluate(cfg: EvalConfig, *, show_progress: bool = True) -> dict[str, Any]:
 
 def summary_json(results: dict[str, Any]) -> dict[str, Any]:
     """The one-line JSON: every metric per system, deltas, CIs and p-values."""
-    return {
+    first = results["systems"][0]["name"]
+    against_first = [c for c in results["comparisons"] if c["baseline"] == first]
+    out = {
         "dataset": Path(results["dataset"]).name,
         "split": results["split"],
         "queries": results["queries"],
         "models": {s["name"]: s["metrics"] for s in results["systems"]},
-        "deltas": {c["system"]: {m: v for m, v in c["metrics"].items()} for c in results["comparisons"]},
-        "wins_ties_losses": {c["system"]: c[f"{HEADLINE}_per_query"] for c in results["comparisons"]},
+        "deltas": {c["system"]: {m: v for m, v in c["metrics"].items()} for c in against_first},
+        "wins_ties_losses": {c["system"]: c[f"{HEADLINE}_per_query"] for c in against_first},
+        "best": max(results["systems"], key=lambda s: s["metrics"][HEADLINE])["name"],
     }
+    others = [c for c in results["comparisons"] if c["baseline"] != first]
+    if others:
+        # every system against hybrid(<first model>): the zero-training baseline to beat
+        out["deltas_vs"] = {others[0]["baseline"]: {c["system"]: {m: v for m, v in c["metrics"].items()} for c in others}}
+    fusion = {s["name"]: s["fusion"] for s in results["systems"] if s["kind"] == "hybrid"}
+    if fusion:
+        out["fusion"] = {name: {k: v for k, v in f.items() if k != "curve"} for name, f in fusion.items()}
+    return out

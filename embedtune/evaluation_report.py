@@ -63,6 +63,33 @@ def _plot_deltas(results: dict[str, Any], comparison: dict[str, Any], path: Path
     plt.close(fig)
 
 
+def _plot_fusion(results: dict[str, Any], path: Path) -> bool:
+    """nDCG@10 on the dev queries against the BM25 weight, one line per hybrid system."""
+    curves = {s["name"]: s["fusion"] for s in results["systems"] if s["kind"] == "hybrid" and s["fusion"]["curve"]}
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for name, f in curves.items():
+        for method, points in f["curve"].items():
+            w, v = zip(*points)
+            line, = ax.plot(w, v, marker=".", label=f"{name} ({method})")
+            chosen = f["config"]["bm25_weight"]
+            ax.axvline(chosen, color=line.get_color(), lw=0.8, ls="--")
+    ax.set_xlabel("BM25 weight (0 = dense only, 1 = BM25 only)")
+    ax.set_ylabel(f"dev {HEADLINE}")
+    ax.set_title(f"fusion weight on dev: {next(iter(curves.values()))['source']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return True
+
+
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")[:40] or "system"
 
@@ -89,16 +116,25 @@ def render_markdown(results: dict[str, Any], images: dict[str, str]) -> str:
             mark = " *" if r["p_value"] < 0.05 else ""
             lines.append(f"| {m} | {r['delta']:+.4f}{mark} | [{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}] | {r['p_value']:.4f} |")
         lines += ["", "\\* p < 0.05 (paired randomization test over queries).", ""]
-        if c["system"] in images:
+        if c["system"] in images and c["baseline"] == systems[0]["name"]:
             lines += [f"![per-query {HEADLINE} deltas]({images[c['system']]})", ""]
     lines += ["## Systems", "", "| system | kind | details |", "|---|---|---|"]
     for s in systems:
         if s["kind"] == "dense":
             speed = "corpus embeddings from cache" if s["corpus_from_cache"] else f"encoded at {s['docs_per_second']} docs/s"
             lines.append(f"| {s['name']} | dense | `{s['model']['path']}` (sha256 {s['model']['sha256'][:12]}), {speed} |")
+        elif s["kind"] == "hybrid":
+            f = s["fusion"]
+            c = f["config"]
+            how = f"{c['method']}, BM25 weight {c['bm25_weight']:.2f}" + (f", rrf k {c['rrf_k']}" if c["method"] == "rrf" else "")
+            dev = f"chosen on {f['source']} (dev {HEADLINE} {f['dev_ndcg@10']:.4f})" if f["curve"] else f["source"]
+            lines.append(f"| {s['name']} | hybrid | top {c['depth']} of each retriever fused: {how}; {dev} |")
         else:
             lines.append(f"| {s['name']} | bm25 | bm25s, Lucene BM25 k1=1.5 b=0.75, {s['seconds']} s |")
     lines += ["", "![metrics per system](metrics.png)", ""]
+    if images.get("fusion"):
+        lines += ["## Fusion weight on dev", "", "Chosen on dev queries, never on the evaluated split.", "",
+                  f"![fusion weight curve]({images['fusion']})", ""]
     return "\n".join(lines)
 
 
@@ -131,10 +167,13 @@ def run_evaluation(cfg: EvalConfig, out_dir: str | Path, *, overwrite: bool = Fa
     results = evaluate(cfg, show_progress=show_progress)
     images = {}
     _plot_bars(results, out / "metrics.png")
-    for c in results["comparisons"]:
+    first = results["systems"][0]["name"]
+    for c in (c for c in results["comparisons"] if c["baseline"] == first):
         name = f"delta_{_slug(c['system'])}.png"
         _plot_deltas(results, c, out / name)
         images[c["system"]] = name
+    if _plot_fusion(results, out / "fusion.png"):
+        images["fusion"] = "fusion.png"
     atomic_write_json(out / "metrics.json", results)
     atomic_write_text(out / "report.md", render_markdown(results, images))
     summary = summary_json(results)

@@ -6,6 +6,11 @@ An index folder holds
                        passage ``ids[i]``), written by :meth:`embedtune.search.Searcher.save`;
 - ``passages.jsonl``   the passage store, in corpus order: id, text, title, source document id, position in the
                        document, character span, and the sha256 of the embedded text;
+- ``bm25/``            with ``--hybrid``: a BM25 index (bm25s) of the same passages, row ``i`` =
+                       passage ``bm25/ids.json[i]``, rebuilt with the passages on every update;
+- ``fusion.json``      with ``--hybrid``: how the two rankings are fused (:class:`FusionConfig`),
+                       a setting rather than data -- ``embedtune run`` rewrites it with the weight
+                       it chose on dev, ``embedtune index fusion`` by hand -- so it is not hashed;
 - ``manifest.json``    written last: how it was built (model id + weights fingerprint, prompts,
                        max_seq_length, dim, metric, count, backend, chunking) and the sha256 of
                        every file above, checked whenever the index is opened.
@@ -39,6 +44,7 @@ from .errors import IndexMismatchError, RunDirError
 from .io import TMP_PREFIX, atomic_write_jsonl, sha256_file, sha256_text
 from .manifest import MANIFEST, hash_path, stage_key, write_manifest
 from .models import load_model, model_info
+from .fusion import FusionConfig, fuse_scores
 from .search import BackendName
 
 if TYPE_CHECKING:
@@ -51,6 +57,8 @@ log = logging.getLogger("embedtune")
 STAGE = "index"
 SEARCHER_DIR = "searcher"
 PASSAGES_FILE = "passages.jsonl"
+BM25_DIR = "bm25"
+FUSION_FILE = "fusion.json"
 METRIC = "ip"  # inner product on L2-normalised vectors = cosine similarity
 
 
@@ -65,6 +73,8 @@ class IndexConfig(StrictModel):
         default_factory=dict, description="Backend options: faiss-ivf nlist/nprobe, faiss-hnsw M/efConstruction/efSearch, exact-numba dtype.",
     )
     cache_dir: str | None = Field(None, description="Embedding cache folder; default: the encoding module's.")
+    hybrid: bool = Field(False, description="Also write a BM25 index of the same passages, for hybrid search.")
+    fusion: FusionConfig = Field(default_factory=FusionConfig, description="Fusion settings a hybrid index starts with.")
 
 
 # --------------------------------------------------------------------------- passage store
@@ -165,6 +175,9 @@ class OpenIndex:
     model: "SentenceTransformer | None"
     model_cfg: ModelConfig
     info: dict[str, Any] = field(default_factory=dict)  # manifest["index"]
+    lexical: Any = None  # the bm25s retriever of a hybrid index
+    lexical_ids: list[str] = field(default_factory=list)  # row i of the BM25 index holds passage lexical_ids[i]
+    fusion: FusionConfig | None = None  # fusion.json of a hybrid index
     last_timings: dict[str, float] = field(default_factory=dict)  # encode_s / search_s of the last query_index call
 
     @property
@@ -290,6 +303,10 @@ def open_index(
     if len(passages) != len(searcher) or any(pid not in passages for pid in searcher.ids):
         raise _mismatch(f"passage store ({len(passages)} passages) does not match the vector index's id map", index_dir, "index.count")
 
+    lexical, lexical_ids, fusion = None, [], None
+    if (index_dir / BM25_DIR).is_dir():
+        lexical, lexical_ids = _open_bm25(index_dir, passages)
+        fusion = read_fusion(index_dir)
     loaded = None
     if not isinstance(model, (str, ModelConfig)) and model is not None:
         loaded = model
@@ -301,7 +318,50 @@ def open_index(
     if loaded is not None:
         check_model_matches(index_dir, manifest, loaded, cfg.name)
         loaded.max_seq_length = info.get("max_seq_length") or loaded.max_seq_length
-    return OpenIndex(path=index_dir, manifest=manifest, searcher=searcher, passages=passages, model=loaded, model_cfg=cfg, info=info)
+    return OpenIndex(path=index_dir, manifest=manifest, searcher=searcher, passages=passages, model=loaded, model_cfg=cfg,
+                     info=info, lexical=lexical, lexical_ids=lexical_ids, fusion=fusion)
+
+
+def _open_bm25(index_dir: Path, passages: PassageStore) -> tuple[Any, list[str]]:
+    from .lexical import load_bm25
+
+    try:
+        ids = json.loads((index_dir / BM25_DIR / "ids.json").read_text(encoding="utf-8"))
+        retriever = load_bm25(index_dir / BM25_DIR)
+    except Exception as err:  # a library's own message for a file it cannot parse
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise IndexMismatchError(f"cannot load the BM25 index ({msg}); rebuild with --hybrid", file=index_dir / BM25_DIR) from None
+    if len(ids) != len(passages) or int(retriever.scores["num_docs"]) != len(ids) or any(pid not in passages for pid in ids):
+        raise _mismatch("BM25 index does not match the passage store; rebuild with --hybrid", index_dir, "bm25")
+    return retriever, ids
+
+
+def read_fusion(index_dir: str | Path) -> FusionConfig:
+    """The fusion settings of a hybrid index (``fusion.json``)."""
+    from .config import build_config
+
+    path = Path(index_dir) / FUSION_FILE
+    if not path.is_file():
+        return FusionConfig()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise IndexMismatchError("fusion settings are not valid JSON; rewrite them with 'embedtune index fusion'", file=path) from None
+    return build_config(FusionConfig, data.get("fusion", data) if isinstance(data, dict) else data, source=str(path))
+
+
+def write_fusion(index_dir: str | Path, fusion: FusionConfig, *, chosen_on: dict[str, Any] | None = None) -> Path:
+    """Store the fusion settings of a hybrid index (atomically); ``chosen_on`` says where they
+    come from (the dev signal and its curve)."""
+    from .io import atomic_write_json
+
+    index_dir = Path(index_dir)
+    if not (index_dir / BM25_DIR).is_dir():
+        raise IndexMismatchError("index has no BM25 part; rebuild it with 'embedtune index build --hybrid' "
+                                 "(the passages' embeddings come from the cache)", file=index_dir)
+    path = index_dir / FUSION_FILE
+    atomic_write_json(path, {"fusion": fusion.model_dump(mode="json"), "chosen_on": chosen_on or {"source": "default"}})
+    return path
 
 
 def query_index(
@@ -311,35 +371,55 @@ def query_index(
     *,
     with_text: bool = True,
     show_progress: bool = False,
+    hybrid: bool = False,
+    fusion: FusionConfig | None = None,
 ) -> list[list[Hit]]:
-    """Top-``k`` passages for each query (encoded with the index's query prompt), best first."""
+    """Top-``k`` passages for each query (encoded with the index's query prompt), best first.
+
+    ``hybrid``: the dense and BM25 top ``fusion.depth`` are fused (``fusion`` default: the
+    index's ``fusion.json``); a hit's score is then the fused score.
+    """
     from . import encoding
 
     if index.model is None:
         raise IndexMismatchError("index was opened without a query model", file=index.path)
+    if hybrid and index.lexical is None:
+        raise IndexMismatchError("index has no BM25 part for --hybrid; rebuild it with 'embedtune index build --hybrid' "
+                                 "(the passages' embeddings come from the cache)", file=index.path)
     if not queries:
         return []
     k = max(1, min(int(k), index.count))
+    fusion = fusion or index.fusion or FusionConfig()
     t0 = time.perf_counter()
     vectors = encoding.encode_texts(
         index.model, list(queries), prompt=index.model_cfg.query_prompt, batch_size=index.model_cfg.batch_size,
         precision=index.model_cfg.precision, show_progress=show_progress,
     )
     t1 = time.perf_counter()
-    scores, found = index.searcher.search(vectors, k)
-    index.last_timings = {"encode_s": t1 - t0, "search_s": time.perf_counter() - t1}
+    scores, found = index.searcher.search(vectors, max(k, fusion.depth) if hybrid else k)
+    ranked = [[(pid, float(s)) for s, pid in zip(q_scores, q_ids) if pid] for q_scores, q_ids in zip(scores, found)]
+    if hybrid:
+        from .lexical import bm25_retrieve
+
+        t_bm25 = time.perf_counter()
+        lexical = bm25_retrieve(index.lexical, list(queries), min(fusion.depth, index.count))
+        index.last_timings["bm25_s"] = time.perf_counter() - t_bm25
+        ranked = [
+            sorted(fuse_scores(dict(dense), {index.lexical_ids[r]: float(s) for r, s in zip(rows, lex_scores)}, fusion).items(),
+                   key=lambda kv: (-kv[1], kv[0]))[:k]
+            for dense, (rows, lex_scores) in zip(ranked, lexical)
+        ]
+    index.last_timings.update({"encode_s": t1 - t0, "search_s": time.perf_counter() - t1})
     results: list[list[Hit]] = []
-    for q_scores, q_ids in zip(scores, found):
+    for q_ranked in ranked:
         hits = []
-        for rank, (score, pid) in enumerate(zip(q_scores, q_ids), start=1):
-            if pid is None or pid == "":
-                continue  # an ANN backend may return fewer than k
+        for rank, (pid, score) in enumerate(q_ranked, start=1):  # an ANN backend may return fewer than k
             if with_text:
                 row = index.passages.get(pid)
-                hits.append(Hit(rank, float(score), pid, row["doc_id"], row["position"], row["title"], row["text"]))
+                hits.append(Hit(rank, score, pid, row["doc_id"], row["position"], row["title"], row["text"]))
             else:
                 doc_id, position = index.passages.source(pid)
-                hits.append(Hit(rank, float(score), pid, doc_id, position, "", ""))
+                hits.append(Hit(rank, score, pid, doc_id, position, "", ""))
         results.append(hits)
     return results
 
@@ -425,17 +505,35 @@ def _write_index_folder(
     metrics: dict[str, Any],
     timings: dict[str, float],
     extra: dict[str, Any] | None = None,
+    hybrid: bool = False,
+    fusion: FusionConfig | None = None,
 ) -> dict[str, Any]:
     searcher.save(tmp / SEARCHER_DIR)
     atomic_write_jsonl(tmp / PASSAGES_FILE, passages)
+    if hybrid:
+        _write_bm25(tmp, passages)
+        info = {**info, "hybrid": True}
     files = {}
     for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
         rel = path.relative_to(tmp).as_posix()
         files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-    return write_manifest(
+    manifest = write_manifest(
         tmp, stage=STAGE, key=key, config=cfg, inputs=inputs, models={"embedding": model_info(cfg.model, model)},
         metrics=metrics, timings=timings, artifacts=sorted(files), extra={"index": info, "files": files, **(extra or {})},
     )
+    if hybrid:  # after the manifest: a setting, not hashed (see the module docstring)
+        write_fusion(tmp, fusion or FusionConfig())
+    return manifest
+
+
+def _write_bm25(folder: Path, passages: list[dict[str, Any]]) -> None:
+    """BM25 over the same passage texts the vectors were made of (title + text), in store order."""
+    from .io import atomic_write_json
+    from .lexical import bm25_index, save_bm25
+
+    texts = [f"{p['title']} {p['text']}".strip() for p in passages]  # Passage.full_text
+    save_bm25(bm25_index(texts), folder / BM25_DIR)
+    atomic_write_json(folder / BM25_DIR / "ids.json", [p["id"] for p in passages])
 
 
 def _prepare(out_dir: Path, key: str, overwrite: bool) -> dict[str, Any] | None:
@@ -523,7 +621,7 @@ def build_index(
         timings["docs_per_s"] = len(docs) / max(timings["total"] - timings["model_load"], 1e-9)
         manifest = _write_index_folder(
             tmp, searcher, [passage_record(p) for p in passages], cfg=cfg, key=key, inputs=inputs, model=model,
-            info=info, metrics=metrics, timings=timings,
+            info=info, metrics=metrics, timings=timings, hybrid=cfg.hybrid, fusion=cfg.fusion,
         )
         _swap_into_place(tmp, out_dir)
     except BaseException:
@@ -540,6 +638,7 @@ def _summary(out_dir: Path, manifest: dict[str, Any], *, skipped: bool) -> dict[
         "model": info["model"],
         "model_sha256": info["model_sha256"],
         "backend": info["backend"],
+        "hybrid": bool(info.get("hybrid")),
         "dim": info["dim"],
         "count": info["count"],
         **manifest.get("metrics", {}),
@@ -624,6 +723,7 @@ def update_index(
         new_manifest = _write_index_folder(
             tmp, searcher, records, cfg=cfg, key=stage_key(cfg, inputs), inputs=inputs, model=loaded, info=new_info,
             metrics=metrics, timings=timings, extra={"update": counts, "update_history": history},
+            hybrid=index.lexical is not None, fusion=index.fusion,
         )
         _swap_into_place(tmp, index_dir)
     except BaseException:

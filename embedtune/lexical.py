@@ -4,6 +4,7 @@ b=0.75), English stopwords, Snowball stemmer."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -32,6 +33,32 @@ def bm25_scores(retriever, query: str) -> np.ndarray | None:
     return retriever.get_scores_from_ids(ids) if ids else None
 
 
+def bm25_retrieve(retriever, queries: Sequence[str], k: int, *, show_progress: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Top-``k`` (row indices, scores) per query, best first: only documents that share at least
+    one term with the query (bm25s fills up to k with zero-score documents, which a lexical
+    retriever would not return)."""
+    k = min(int(k), int(retriever.scores["num_docs"]))
+    query_tokens = _tokenize(queries, return_ids=False, show_progress=show_progress)
+    idx, scores = retriever.retrieve(query_tokens, k=k, show_progress=show_progress, n_threads=1)
+    out = []
+    for row_idx, row_scores in zip(idx, scores):
+        keep = row_scores > 0
+        out.append((np.asarray(row_idx[keep], dtype=np.int64), np.asarray(row_scores[keep], dtype=np.float32)))
+    return out
+
+
+def save_bm25(retriever, folder: str | Path) -> None:
+    """The index's sparse matrices, vocabulary and parameters (npy + json, no pickle, no texts)."""
+    retriever.save(str(folder), show_progress=False)
+
+
+def load_bm25(folder: str | Path, *, mmap: bool = True):
+    """A retriever written by :func:`save_bm25`; its matrices memory-mapped (opens at once)."""
+    import bm25s
+
+    return bm25s.BM25.load(str(folder), mmap=mmap, show_progress=False, verbosity=0)
+
+
 def bm25_search(
     doc_ids: Sequence[str],
     doc_texts: Sequence[str],
@@ -40,19 +67,8 @@ def bm25_search(
     *,
     show_progress: bool = False,
 ) -> tuple[list[np.ndarray], list[list[str]]]:
-    """Top-``k`` BM25 documents per query.
-
-    Returns (scores, ids) per query, best first: at most ``k`` documents, and only documents that
-    share at least one term with the query (bm25s fills up to k with zero-score documents, which
-    a lexical retriever would not return).
-    """
-    k = min(int(k), len(doc_ids))
+    """Top-``k`` BM25 documents per query: (scores, ids) per query, best first (see
+    :func:`bm25_retrieve`)."""
     retriever = bm25_index(doc_texts, show_progress=show_progress)
-    query_tokens = _tokenize(queries, show_progress=show_progress)
-    idx, scores = retriever.retrieve(query_tokens, k=k, show_progress=show_progress, n_threads=1)
-    out_scores, out_ids = [], []
-    for row_idx, row_scores in zip(idx, scores):
-        keep = row_scores > 0
-        out_scores.append(np.asarray(row_scores[keep], dtype=np.float32))
-        out_ids.append([doc_ids[int(i)] for i in row_idx[keep]])
-    return out_scores, out_ids
+    found = bm25_retrieve(retriever, queries, k, show_progress=show_progress)
+    return [scores for _, scores in found], [[doc_ids[int(i)] for i in rows] for rows, _ in found]

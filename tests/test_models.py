@@ -44,3 +44,17 @@ def test_packaged_minilm_alias():
     sims = emb @ emb.T
     assert sims[0, 1] > sims[0, 2] + 0.2  # real weights, not random
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_tiny_fixture_tells_texts_apart(tiny_model_dir):
+    """The fixture every index/eval/export test runs on must tokenize real words and give
+    unrelated texts clearly different embeddings (a 5-token vocabulary once made them all equal)."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(tiny_model_dir, device="cpu")
+    tokens = model.tokenizer.tokenize("protein cells cancer study")
+    assert tokens == ["protein", "cells", "cancer", "study"]
+    assert "[UNK]" not in model.tokenizer.tokenize("python numpy file path error")
+    emb = model.encode(["protein cells cancer study", "python numpy file path error", "protein cells cancer study"])
+    assert float(emb[0] @ emb[2]) > 0.9999
+    assert float(emb[0] @ emb[1]) < 0.95

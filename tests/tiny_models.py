@@ -17,13 +17,36 @@ VOCAB_WORDS = (
 ).split()
 
 
+def _wordpiece_tokenizer(vocab: list[str]):
+    """A BERT WordPiece tokenizer over ``vocab``, built from its parts with ``tokenizers``.
+
+    ``BertTokenizerFast(vocab_file=...)`` under transformers 5 ignores the file and yields a
+    5-token vocabulary: every word became [UNK] and unrelated texts got cosine 1.0.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import BertTokenizerFast
+
+    ids = {token: i for i, token in enumerate(vocab)}
+    tok = Tokenizer(models.WordPiece(ids, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])],
+    )
+    tok.decoder = decoders.WordPiece()
+    return BertTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+    )
+
+
 def build_tiny_bert(folder: Path, *, hidden: int = 32, layers: int = 2, seed: int = 0, max_len: int = 128) -> Path:
     """A random BERT (hidden 32, 2 layers) + WordPiece tokenizer, saved as a
     sentence-transformers folder with safetensors weights and mean pooling + normalize."""
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel
 
     folder = Path(folder)
     raw = folder / "_hf"
@@ -31,8 +54,7 @@ def build_tiny_bert(folder: Path, *, hidden: int = 32, layers: int = 2, seed: in
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     chars = list(string.ascii_lowercase + string.digits + string.punctuation)
     vocab = specials + VOCAB_WORDS + chars + ["##" + c for c in string.ascii_lowercase + string.digits]
-    (raw / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(raw / "vocab.txt"), do_lower_case=True)
+    tokenizer = _wordpiece_tokenizer(list(dict.fromkeys(vocab)))
     tokenizer.model_max_length = max_len
     torch.manual_seed(seed)
     config = BertConfig(

@@ -20,6 +20,10 @@ def eval_command(
     data: str = typer.Option(None, "--data", "-d", help="BEIR folder or name (looked up in ./data and ../shared/datasets)."),
     split: str = typer.Option(None, "--split", help="Qrels split to evaluate (default: test)."),
     bm25: bool = typer.Option(None, "--bm25/--no-bm25", help="Also evaluate BM25 (bm25s)."),
+    hybrid: bool = typer.Option(None, "--hybrid/--no-hybrid", help="Add hybrid(<model>) rows: BM25 fused with each model, weight chosen on --fusion-dev-split."),
+    fusion_method: str = typer.Option(None, "--fusion-method", help="zscore | minmax | rrf (default: zscore)."),
+    bm25_weight: float = typer.Option(None, "--bm25-weight", help="Fixed BM25 weight in [0, 1] for hybrid rows (skips choosing it on dev)."),
+    fusion_dev_split: str = typer.Option(None, "--fusion-dev-split", help="Qrels split the fusion weight is chosen on (default: 'dev' when there is one; never the evaluated split)."),
     out: Path = typer.Option(None, "--out", "-o", help="Run folder for metrics.json, report.md and plots (default: runs/eval-<time>)."),
     config: Path = typer.Option(None, "--config", help="YAML with EvalConfig keys; flags override it."),
     query_prompt: str = typer.Option(None, "--query-prompt", help="Prefix for queries (all models), e.g. 'query: '."),
@@ -50,7 +54,9 @@ def eval_command(
     else:
         base["models"] = [deep_merge(m, model_over) for m in base.get("models", [])]
     overrides = {"data": data, "split": split, "bm25": bm25, "top_k": top_k, "skip_unknown_ids": skip_unknown_ids,
-                 "cache_dir": str(cache_dir) if cache_dir else None, "labels": labels or None}
+                 "cache_dir": str(cache_dir) if cache_dir else None, "labels": labels or None,
+                 "hybrid": hybrid, "fusion_dev_split": fusion_dev_split,
+                 "fusion": {k: v for k, v in {"method": fusion_method, "bm25_weight": bm25_weight}.items() if v is not None}}
     cfg = load_config(EvalConfig, None, deep_merge(base, overrides))
     out = out or Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S")
     t0 = time.perf_counter()
@@ -86,3 +92,12 @@ def print_table(summary: dict) -> None:
     console.print(table)
     for n, wtl in summary.get("wins_ties_losses", {}).items():
         console.print(f"{n} vs {names[0]}, per-query ndcg@10: {wtl['wins']} wins / {wtl['ties']} ties / {wtl['losses']} losses")
+    for baseline, deltas in summary.get("deltas_vs", {}).items():
+        for n, d in deltas.items():
+            r = d["ndcg@10"]
+            console.print(f"{n} vs {baseline}: ndcg@10 {r['delta']:+.4f} (95% CI [{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}], p = {r['p_value']:.4f})")
+    for n, f in summary.get("fusion", {}).items():
+        c = f["config"]
+        console.print(f"{n}: {c['method']} fusion, BM25 weight {c['bm25_weight']:.2f}, {f['source']}")
+    if len(names) > 1:
+        console.print(f"best ndcg@10: {summary['best']}")

@@ -35,6 +35,7 @@ def build_command(
     precision: str = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16."),
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
     cache_dir: str = typer.Option(None, "--cache-dir", help="Embedding cache folder (shared with mine and eval)."),
+    hybrid: bool = typer.Option(None, "--hybrid/--no-hybrid", help="Also write a BM25 index of the same passages (for 'search --hybrid')."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an index of another config, model or corpus."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -51,6 +52,7 @@ def build_command(
                    "chunking": {"max_tokens": max_tokens, "overlap": overlap}},
         "backend": backend,
         "cache_dir": cache_dir,
+        "hybrid": hybrid,
     }
     cfg = load_config(IndexConfig, config, _without_none(overrides)) if (corpus or config) else None
     if cfg is None:
@@ -80,6 +82,35 @@ def update_command(
         emit_json(summary)
 
 
+@index_app.command("fusion")
+@command
+def fusion_command(
+    index_dir: Path = typer.Argument(..., help="A hybrid index folder ('embedtune index build --hybrid')."),
+    method: str = typer.Option(None, "--fusion-method", help="zscore | minmax | rrf."),
+    bm25_weight: float = typer.Option(None, "--bm25-weight", help="Weight of BM25 in [0, 1]; the dense model gets 1 - weight."),
+    rrf_k: int = typer.Option(None, "--rrf-k", help="Reciprocal-rank-fusion constant (> 0)."),
+    depth: int = typer.Option(None, "--depth", help="Candidates taken from each retriever."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Show or set how a hybrid index fuses its BM25 and dense rankings (fusion.json)."""
+    from ..config import build_config
+    from ..index import open_index, read_fusion, write_fusion
+
+    index = open_index(index_dir, load_query_model=False)
+    if index.lexical is None:
+        write_fusion(index_dir, read_fusion(index_dir))  # raises: no BM25 part, with the command that adds one
+    changes = _without_none({"method": method, "bm25_weight": bm25_weight, "rrf_k": rrf_k, "depth": depth})
+    fusion = read_fusion(index_dir)
+    if changes:
+        fusion = build_config(type(fusion), {**fusion.model_dump(), **changes}, source="command-line options")
+        write_fusion(index_dir, fusion, chosen_on={"source": "set by hand (embedtune index fusion)"})
+    console.print(f"{index_dir}: {fusion.method} fusion, BM25 weight {fusion.bm25_weight:.2f}, depth {fusion.depth}"
+                  + (f", rrf k {fusion.rrf_k}" if fusion.method == "rrf" else ""))
+    if as_json:
+        emit_json({"index": str(index_dir), "fusion": fusion.model_dump(mode="json"), "changed": bool(changes)})
+
+
 def _without_none(d: dict) -> dict:
     """Flags the user did not pass, at any depth (deep_merge drops only top-level ones)."""
     return {k: _without_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
@@ -90,7 +121,7 @@ def _print_summary(s: dict, title: str) -> None:
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_row("model", f"{s['model']} ({s['model_sha256'][:12]})")
-    table.add_row("backend / dim", f"{s['backend']} / {s['dim']}")
+    table.add_row("backend / dim", f"{s['backend']} / {s['dim']}" + (" + BM25" if s.get("hybrid") else ""))
     table.add_row("documents -> passages", f"{s.get('documents', 0):,} -> {s['count']:,}")
     if s.get("split_documents"):
         table.add_row("documents split into several passages", f"{s['split_documents']:,}")
@@ -115,6 +146,9 @@ def search_command(
     model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Default: the index's model (must match it)."),
     queries: Path = typer.Option(None, "--queries", "-q", help="Many queries: a text file (one per line) or queries.jsonl (_id, text)."),
     out: Path = typer.Option(None, "--out", "-o", help="With --queries: write results as JSONL here."),
+    hybrid: bool = typer.Option(False, "--hybrid", help="Fuse BM25 and the dense ranking (needs an index built with --hybrid)."),
+    fusion_method: str = typer.Option(None, "--fusion-method", help="zscore | minmax | rrf (default: the index's fusion.json)."),
+    bm25_weight: float = typer.Option(None, "--bm25-weight", help="BM25 weight in [0, 1] for this call (default: the index's)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -129,9 +163,18 @@ def search_command(
     t0 = time.perf_counter()
     index = open_index(index_dir, model)
     t_open = time.perf_counter() - t0
+    fusion = None
+    if fusion_method is not None or bm25_weight is not None:
+        from ..config import build_config
+        from ..fusion import FusionConfig
+
+        hybrid = True
+        base = (index.fusion or FusionConfig()).model_dump()
+        fusion = build_config(FusionConfig, {**base, **_without_none({"method": fusion_method, "bm25_weight": bm25_weight})},
+                              source="command-line options")
     if query is not None:
         t1 = time.perf_counter()
-        hits = query_index(index, [query], k)[0]
+        hits = query_index(index, [query], k, hybrid=hybrid, fusion=fusion)[0]
         latency = time.perf_counter() - t1
         table = Table(title=f"{query!r} in {index_dir} ({index.count:,} passages)", show_header=True, expand=False)
         for name, justify in (("rank", "right"), ("score", "right"), ("passage", "left"), ("doc", "left"), ("text", "left")):
@@ -141,12 +184,13 @@ def search_command(
             table.add_row(str(h.rank), f"{h.score:.4f}", h.passage_id, h.doc_id, snippet[:160] + ("..." if len(snippet) > 160 else ""))
         console.print(table)
         t = index.last_timings
-        console.print(f"{latency * 1000:.1f} ms (encode {t['encode_s'] * 1000:.1f} + search {t['search_s'] * 1000:.1f}); index opened in {t_open:.2f} s")
+        console.print(f"{latency * 1000:.1f} ms (encode {t['encode_s'] * 1000:.1f} + search {t['search_s'] * 1000:.1f}"
+                      + (f", of which BM25 {t['bm25_s'] * 1000:.1f}" if hybrid else "") + f"); index opened in {t_open:.2f} s")
         if as_json:
             emit_json({"query": query, "k": k, "results": [h.as_dict() for h in hits],
                        "timings": {"open_s": t_open, "query_ms": latency * 1000, "encode_ms": t["encode_s"] * 1000, "search_ms": t["search_s"] * 1000}})
         return
-    summary = _search_many(index, queries, out, k, show_progress=not as_json or verbose)
+    summary = _search_many(index, queries, out, k, show_progress=not as_json or verbose, hybrid=hybrid, fusion=fusion)
     summary["timings"]["open_s"] = t_open
     t = summary["timings"]
     console.print(
@@ -169,14 +213,14 @@ def _read_queries(path: Path) -> list[tuple[str, str]]:
     return rows
 
 
-def _search_many(index, path: Path, out: Path, k: int, *, show_progress: bool) -> dict:
+def _search_many(index, path: Path, out: Path, k: int, *, show_progress: bool, hybrid: bool = False, fusion=None) -> dict:
     """All queries encoded (length-sorted batches) and searched as one matrix, streamed to JSONL."""
     from ..index import query_index
     from ..io import atomic_write_jsonl
 
     rows = _read_queries(path)
     t0 = time.perf_counter()
-    results = query_index(index, [q for _, q in rows], k, with_text=False, show_progress=show_progress)
+    results = query_index(index, [q for _, q in rows], k, with_text=False, show_progress=show_progress, hybrid=hybrid, fusion=fusion)
     t1 = time.perf_counter()
     atomic_write_jsonl(out, (
         {"query_id": qid, "query": text, "hits": [{"rank": h.rank, "score": h.score, "passage_id": h.passage_id, "doc_id": h.doc_id} for h in hits]}

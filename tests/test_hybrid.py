@@ -1,0 +1,147 @@
+"""Hybrid retrieval: the fusions against hand computations, the hybrid index (build, search,
+update, fusion.json) and `eval --hybrid`, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from embedtune.errors import IndexMismatchError
+from embedtune.evaluation import choose_fusion
+from embedtune.fusion import FusionConfig, fuse_scores
+from embedtune.index import build_index, open_index, query_index, read_fusion, update_index, write_fusion
+from test_index import QUERIES, V1, V2, make_cfg, write_corpus
+from tiny_models import build_tiny_bert
+
+
+def test_zscore_fusion_matches_hand_computation():
+    dense = {"a": 0.9, "b": 0.7, "c": 0.5}
+    lexical = {"b": 12.0, "d": 4.0}
+    fused = fuse_scores(dense, lexical, FusionConfig(method="zscore", bm25_weight=0.5))
+    # dense: mean 0.7, sd sqrt(0.08/3) -> z = (1.2247, 0, -1.2247); bm25: mean 8, sd 4 -> z = (1, -1)
+    zd = {"a": 1.224745, "b": 0.0, "c": -1.224745}
+    zl = {"b": 1.0, "d": -1.0}
+    expected = {d: 0.5 * zd.get(d, -1.224745) + 0.5 * zl.get(d, -1.0) for d in "abcd"}
+    assert fused.keys() == expected.keys()
+    for d in expected:
+        assert fused[d] == pytest.approx(expected[d], abs=1e-5)
+    assert max(fused, key=fused.get) == "b"  # second in dense, first in BM25
+
+
+def test_minmax_and_rrf_fusion_match_hand_computation():
+    dense = {"a": 0.9, "b": 0.7, "c": 0.5}
+    lexical = {"c": 3.0, "d": 1.0}
+    mm = fuse_scores(dense, lexical, FusionConfig(method="minmax", bm25_weight=0.5))
+    assert mm == pytest.approx({"a": 0.5, "b": 0.25, "c": 0.5, "d": 0.0})
+    rrf = fuse_scores(dense, lexical, FusionConfig(method="rrf", bm25_weight=0.5, rrf_k=10))
+    assert rrf == pytest.approx({"a": 0.5 / 11, "b": 0.5 / 12, "c": 0.5 / 13 + 0.5 / 11, "d": 0.5 / 12})
+    # the weight's ends are one retriever alone
+    only_dense = fuse_scores(dense, lexical, FusionConfig(method="minmax", bm25_weight=0.0))
+    assert only_dense["a"] > only_dense["b"] > only_dense["c"] == only_dense["d"] == 0.0
+    # a query without any BM25 match keeps its dense ranking
+    assert fuse_scores(dense, {}, FusionConfig()) == dense
+
+
+def test_fusion_weight_bounds_are_config_errors():
+    from embedtune.config import build_config
+    from embedtune.errors import ConfigError
+
+    for bad in ({"bm25_weight": 1.5}, {"bm25_weight": -0.1}, {"rrf_k": 0}, {"method": "max"}):
+        with pytest.raises(ConfigError):
+            build_config(FusionConfig, bad, source="test")
+
+
+def test_choose_fusion_finds_the_weight_that_ranks_the_relevant_document_first():
+    # dense ranks the relevant document 3rd, BM25 1st: any weight that lets BM25 win is better
+    dense = {"q1": {"a": 0.9, "b": 0.8, "rel": 0.7}, "q2": {"rel": 0.9, "x": 0.8, "y": 0.1}}
+    lexical = {"q1": {"rel": 9.0, "a": 1.0}, "q2": {"x": 5.0, "rel": 4.9, "z": 1.0}}  # w in (0.5, 0.83) ranks both
+    qrels = {"q1": {"rel": 1}, "q2": {"rel": 1}}
+    choice = choose_fusion(dense, lexical, qrels, base=FusionConfig(method="minmax"))
+    assert choice.dev_ndcg == pytest.approx(1.0)
+    assert 0.0 < choice.config.bm25_weight < 1.0  # neither retriever alone gets both queries right
+    assert [w for w, _ in choice.curve["minmax"]][0] == 0.0 and choice.curve["minmax"][0][1] < 1.0
+
+
+@pytest.fixture()
+def hybrid_index(tmp_path, tiny_model_dir):
+    corpus = write_corpus(tmp_path / "v1.jsonl", V1)
+    cfg = make_cfg(tiny_model_dir, corpus).model_copy(update={"hybrid": True})
+    out = tmp_path / "idx"
+    summary = build_index(cfg, out, show_progress=False)
+    return out, summary, tmp_path
+
+
+def test_hybrid_index_search_fuses_bm25(hybrid_index):
+    out, summary, _ = hybrid_index
+    assert summary["hybrid"] and (out / "bm25" / "ids.json").is_file()
+    assert read_fusion(out) == FusionConfig()
+    index = open_index(out)
+    dense = query_index(index, QUERIES, k=3)
+    # BM25 alone (weight 1) ranks by shared words: "fish oil heart" -> the fish oil document
+    lexical = query_index(index, QUERIES, k=3, hybrid=True, fusion=FusionConfig(method="minmax", bm25_weight=1.0))
+    assert lexical[2][0].doc_id == "d3"
+    assert lexical[0][0].doc_id == "d1"
+    # weight 0 with min-max gives the dense ranking back
+    dense_again = query_index(index, QUERIES, k=3, hybrid=True, fusion=FusionConfig(method="minmax", bm25_weight=0.0))
+    assert [[h.passage_id for h in q] for q in dense_again] == [[h.passage_id for h in q] for q in dense]
+    # the stored weight is what a plain --hybrid call uses
+    write_fusion(out, FusionConfig(method="minmax", bm25_weight=1.0))
+    stored = query_index(open_index(out), QUERIES, k=3, hybrid=True)
+    assert [[h.passage_id for h in q] for q in stored] == [[h.passage_id for h in q] for q in lexical]
+
+
+def test_hybrid_index_update_keeps_bm25_in_step(hybrid_index):
+    out, _, tmp = hybrid_index
+    write_fusion(out, FusionConfig(bm25_weight=0.3))
+    update_index(out, write_corpus(tmp / "v2.jsonl", V2), show_progress=False)
+    index = open_index(out)
+    assert index.lexical_ids == json.loads((out / "searcher" / "ids.json").read_text()) or sorted(index.lexical_ids) == sorted(index.searcher.ids)
+    assert read_fusion(out).bm25_weight == 0.3  # a setting survives the update
+    hits = query_index(index, ["numpy array sum"], k=2, hybrid=True, fusion=FusionConfig(method="minmax", bm25_weight=1.0))[0]
+    assert hits[0].doc_id == "d7"  # added in v2, found by BM25
+    assert all(h.doc_id != "d3" for q in query_index(index, ["fish oil acid"], k=5, hybrid=True) for h in q)  # removed
+
+
+def test_hybrid_search_on_a_dense_only_index_says_how_to_fix_it(tmp_path, tiny_model_dir):
+    corpus = write_corpus(tmp_path / "v1.jsonl", V1)
+    out = tmp_path / "idx"
+    build_index(make_cfg(tiny_model_dir, corpus), out, show_progress=False)
+    with pytest.raises(IndexMismatchError, match="--hybrid"):
+        query_index(open_index(out), ["salt"], hybrid=True)
+    from embedtune.cli import app
+
+    result = CliRunner().invoke(app, ["search", str(out), "salt", "--hybrid"])
+    assert result.exit_code == 6 and "index build --hybrid" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["search", str(out), "salt", "--bm25-weight", "1.5"])
+    assert result.exit_code == 4 and "bm25_weight" in result.output
+
+
+def test_eval_hybrid_rows(tmp_path, tiny_model_dir):
+    from helpers import write_synthetic_beir
+
+    from embedtune.cli import app
+
+    data = write_synthetic_beir(tmp_path / "bench")
+    other = str(build_tiny_bert(tmp_path / "other", seed=1))
+    result = CliRunner().invoke(app, ["eval", "--model", tiny_model_dir, "--label", "base", "--model", other, "--label", "tuned",
+                                      "--data", str(data), "--split", "test", "--hybrid", "--bm25", "--fusion-dev-split", "train",
+                                      "--out", str(tmp_path / "ev"), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(summary["models"]) == {"base", "tuned", "hybrid(base)", "hybrid(tuned)", "bm25"}
+    assert set(summary["deltas"]) == {"tuned", "hybrid(base)", "hybrid(tuned)", "bm25"}
+    # every other system against the zero-training baseline
+    assert set(summary["deltas_vs"]["hybrid(base)"]) == {"tuned", "hybrid(tuned)", "bm25"}
+    # each model's weight is chosen on its own dev curve
+    assert set(summary["fusion"]) == {"hybrid(base)", "hybrid(tuned)"}
+    fusion = summary["fusion"]["hybrid(base)"]
+    assert fusion["source"].startswith("bench:train") and fusion["dev_queries"] > 0
+    assert summary["best"] in summary["models"]
+    assert (tmp_path / "ev" / "fusion.png").is_file()
+    # the dev split must not be the evaluated one
+    bad = CliRunner().invoke(app, ["eval", "--model", tiny_model_dir, "--data", str(data), "--split", "test", "--hybrid",
+                                   "--fusion-dev-split", "test", "--out", str(tmp_path / "ev2")])
+    assert bad.exit_code == 4 and "fusion_dev_split" in bad.output
