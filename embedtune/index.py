@@ -396,13 +396,13 @@ def query_index(
         precision=index.model_cfg.precision, show_progress=show_progress,
     )
     t1 = time.perf_counter()
-    scores, found = index.searcher.search(vectors, max(k, fusion.depth) if hybrid else k)
+    scores, found = index.searcher.search(vectors, min(max(k, fusion.lookup_depth), index.count) if hybrid else k)
     ranked = [[(pid, float(s)) for s, pid in zip(q_scores, q_ids) if pid] for q_scores, q_ids in zip(scores, found)]
     if hybrid:
         from .lexical import bm25_retrieve
 
         t_bm25 = time.perf_counter()
-        lexical = bm25_retrieve(index.lexical, list(queries), min(fusion.depth, index.count))
+        lexical = bm25_retrieve(index.lexical, list(queries), min(fusion.lookup_depth, index.count))
         index.last_timings["bm25_s"] = time.perf_counter() - t_bm25
         ranked = [
             sorted(fuse_scores(dict(dense), {index.lexical_ids[r]: float(s) for r, s in zip(rows, lex_scores)}, fusion).items(),

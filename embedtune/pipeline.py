@@ -53,6 +53,8 @@ class PipelineConfig(StrictModel):
     eval: dict[str, Any] = Field(default_factory=dict, description="EvalConfig keys (models/data are filled in).")
     export: dict[str, Any] = Field(default_factory=dict, description="ExportConfig keys.")
     bm25: bool = Field(True, description="Add BM25 to the final comparison.")
+    hybrid: bool = Field(True, description="Hybrid retrieval: a BM25 index beside the vectors, hybrid(base) and "
+                         "hybrid(tuned) in the evaluation, and the fusion weight chosen on dev stored in the index.")
 
 
 def load_pipeline_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
@@ -103,7 +105,7 @@ class Pipeline:
 
             if corpus is None:
                 raise ConfigError(f"{self.source}: field 'data.corpus': no corpus to index")
-            base = {"model": tuned, "corpus": CorpusConfig(path=corpus).model_dump()}
+            base = {"model": tuned, "corpus": CorpusConfig(path=corpus).model_dump(), "hybrid": cfg.hybrid}
             return build_config(IndexConfig, deep_merge(base, cfg.index, keep_none=True), src)
         if stage == "eval":
             from .evaluation import EvalConfig
@@ -228,12 +230,43 @@ class Pipeline:
 
     def _eval_defaults(self, model: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any]:
         bench, split = self._benchmark()
-        return {"data": str(bench), "split": split, "models": [model, tuned], "labels": ["base", "tuned"], "bm25": self.cfg.bm25}
+        return {"data": str(bench), "split": split, "models": [model, tuned], "labels": ["base", "tuned"], "bm25": self.cfg.bm25,
+                "hybrid": self.cfg.hybrid}
+
+    def _fusion_dev(self, cfg: StrictModel) -> dict[str, Any]:
+        """Where the fusion weight is chosen: the training's dev split when it is a split of the
+        evaluated benchmark, else the training queries it held out; nothing (a fixed weight)
+        when the training data has no labelled queries of the benchmark."""
+        from .corpus import parse_benchmark_source
+        from .training import load_mined, make_dev_split
+
+        train_cfg = self.validate()["train"]
+        bench, _ = self._benchmark()
+        if train_cfg.dev.source:
+            folder, split = parse_benchmark_source(train_cfg.dev.source)
+            if bench is not None and folder.resolve() == Path(bench).resolve():
+                return {"fusion_dev_split": split}
+            return {}
+        data = self.cfg.data
+        if data.pairs is not None or not train_cfg.dev.enabled:
+            return {}  # pseudo-queries or a pairs file: no judged benchmark queries to choose on
+        dev = make_dev_split(load_mined(self.run_dir / "mine"), train_cfg)
+        return {"fusion_dev_split": data.train_split.split(",")[0], "fusion_dev_queries": sorted(dev.exclude_query_ids)}
 
     def _run_eval(self, cfg: StrictModel, out: Path, *, rerun: bool, progress: bool) -> dict[str, Any]:
         from .evaluation_report import run_evaluation
 
-        return run_evaluation(cfg, out, overwrite=rerun, show_progress=progress)
+        if cfg.hybrid and cfg.fusion_dev_split is None and "bm25_weight" not in cfg.fusion.model_fields_set:
+            cfg = cfg.model_copy(update=self._fusion_dev(cfg))
+        result = run_evaluation(cfg, out, overwrite=rerun, show_progress=progress)
+        fusion = result["summary"].get("fusion", {}).get("hybrid(tuned)")
+        if fusion and (self.run_dir / "index" / "bm25").is_dir():
+            from .fusion import FusionConfig
+            from .index import write_fusion
+
+            # the index ships the weight chosen on dev for the tuned model (a setting: no stage re-runs)
+            write_fusion(self.run_dir / "index", FusionConfig(**fusion["config"]), chosen_on={k: v for k, v in fusion.items() if k != "config"})
+        return result
 
 
 def headline(run_dir: str | Path) -> dict[str, Any]:
@@ -260,4 +293,17 @@ def headline(run_dir: str | Path) -> dict[str, Any]:
         out["delta_ndcg@10"], out["p_value"], out["ci95"] = d["delta"], d["p_value"], d["ci95"]
         out["ndcg@10"] = out["tuned"]["ndcg@10"]
         out["wins_ties_losses"] = summary["wins_ties_losses"]["tuned"]
+        for name in ("hybrid(base)", "hybrid(tuned)"):
+            if name in models:
+                d = summary["deltas"][name]["ndcg@10"]
+                out[name] = {"ndcg@10": models[name]["ndcg@10"], "recall@100": models[name]["recall@100"],
+                             "delta_vs_base": d["delta"], "ci95": d["ci95"], "p_value": d["p_value"],
+                             "bm25_weight": summary["fusion"][name]["config"]["bm25_weight"],
+                             "fusion_chosen_on": summary["fusion"][name]["source"]}
+        for name, d in summary.get("deltas_vs", {}).get("hybrid(base)", {}).items():
+            if name in ("tuned", "hybrid(tuned)"):
+                r = d["ndcg@10"]
+                out.setdefault("vs_hybrid_base", {})[name] = {"delta": r["delta"], "ci95": r["ci95"], "p_value": r["p_value"]}
+        if "best" in summary:
+            out["best"] = summary["best"]
     return out

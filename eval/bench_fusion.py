@@ -29,13 +29,15 @@ def main() -> None:
     ap.add_argument("--model", action="append", help="dense model(s); default: minilm")
     ap.add_argument("--max-seq-length", type=int, default=256)
     ap.add_argument("--depth", type=int, default=100, help="candidates from each retriever")
+    ap.add_argument("--lookup-depth", type=int, default=1000, help="how deep each list is read to score the other's candidates")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     args = ap.parse_args()
 
     from embedtune.config import ModelConfig
     from embedtune.corpus import load_beir
     from embedtune.evaluation import bm25_run, compute_metrics, dense_run, mean_metrics
-    from embedtune.fusion import FUSION_METHODS, FusionConfig, choose_fusion, fuse_runs
+    from embedtune.evaluation import choose_fusion
+    from embedtune.fusion import FUSION_METHODS, FusionConfig, fuse_runs
 
     t0 = time.perf_counter()
     splits = {}
@@ -43,17 +45,17 @@ def main() -> None:
         ds = load_beir(args.data, split)
         ds.queries = {q: text for q, text in ds.queries.items() if q in ds.qrels}
         splits[split] = ds
-    lexical = {s: bm25_run(ds, top_k=args.depth)[0] for s, ds in splits.items()}
+    lexical = {s: bm25_run(ds, top_k=args.lookup_depth)[0] for s, ds in splits.items()}
     result: dict = {"benchmark": "fusion", "data": args.data, "dev_split": args.dev_split, "split": args.split,
-                    "depth": args.depth, "models": {}}
+                    "depth": args.depth, "lookup_depth": args.lookup_depth, "models": {}}
     result["bm25"] = {"ndcg@10": round(mean_metrics(compute_metrics(splits[args.split].qrels, lexical[args.split]))["ndcg@10"], 4)}
     for name in args.model or ["minilm"]:
         cfg = ModelConfig(name=name, max_seq_length=args.max_seq_length)
-        dense = {s: dense_run(cfg, ds, top_k=args.depth, cache_dir=None, show_progress=False)[0] for s, ds in splits.items()}
+        dense = {s: dense_run(cfg, ds, top_k=args.lookup_depth, cache_dir=None, show_progress=False)[0] for s, ds in splits.items()}
         test_qrels = splits[args.split].qrels
         row: dict = {"dense": {"ndcg@10": round(mean_metrics(compute_metrics(test_qrels, dense[args.split]))["ndcg@10"], 4)}}
         for method in FUSION_METHODS:
-            base = FusionConfig(method=method, depth=args.depth)
+            base = FusionConfig(method=method, depth=args.depth, lookup_depth=args.lookup_depth)
             dev = choose_fusion(dense[args.dev_split], lexical[args.dev_split], splits[args.dev_split].qrels, base=base)
             test = choose_fusion(dense[args.split], lexical[args.split], test_qrels, base=base)
             at_half = fuse_runs(dense[args.split], lexical[args.split], base)

@@ -19,27 +19,35 @@ from tiny_models import build_tiny_bert
 
 def test_zscore_fusion_matches_hand_computation():
     dense = {"a": 0.9, "b": 0.7, "c": 0.5}
-    lexical = {"b": 12.0, "d": 4.0}
-    fused = fuse_scores(dense, lexical, FusionConfig(method="zscore", bm25_weight=0.5))
-    # dense: mean 0.7, sd sqrt(0.08/3) -> z = (1.2247, 0, -1.2247); bm25: mean 8, sd 4 -> z = (1, -1)
-    zd = {"a": 1.224745, "b": 0.0, "c": -1.224745}
-    zl = {"b": 1.0, "d": -1.0}
-    expected = {d: 0.5 * zd.get(d, -1.224745) + 0.5 * zl.get(d, -1.0) for d in "abcd"}
+    lexical = {"b": 12.0, "d": 4.0}  # shorter than the lookup: every other document has BM25 0
+    fused = fuse_scores(dense, lexical, FusionConfig(method="zscore", bm25_weight=0.5, depth=3, lookup_depth=3))
+    # dense: mean 0.7, sd sqrt(0.08/3); d (not returned) gets the last score, 0.5
+    zd = {d: (v - 0.7) / (0.08 / 3) ** 0.5 for d, v in {"a": 0.9, "b": 0.7, "c": 0.5, "d": 0.5}.items()}
+    # BM25 padded to depth 3 with 0: (12, 4, 0), mean 16/3, population sd
+    mean = 16 / 3
+    sd = (((12 - mean) ** 2 + (4 - mean) ** 2 + mean**2) / 3) ** 0.5
+    zl = {d: (v - mean) / sd for d, v in {"a": 0.0, "b": 12.0, "c": 0.0, "d": 4.0}.items()}
+    expected = {d: 0.5 * zd[d] + 0.5 * zl[d] for d in "abcd"}
     assert fused.keys() == expected.keys()
     for d in expected:
-        assert fused[d] == pytest.approx(expected[d], abs=1e-5)
+        assert fused[d] == pytest.approx(expected[d], abs=1e-9)
     assert max(fused, key=fused.get) == "b"  # second in dense, first in BM25
+    # a full-depth BM25 list: a document it did not return gets its last score, not 0
+    full = fuse_scores(dense, lexical, FusionConfig(method="zscore", bm25_weight=0.5, depth=2, lookup_depth=2))
+    assert full["a"] == pytest.approx(0.5 * (0.9 - 0.8) / 0.1 + 0.5 * (4.0 - 8.0) / 4.0)
 
 
 def test_minmax_and_rrf_fusion_match_hand_computation():
     dense = {"a": 0.9, "b": 0.7, "c": 0.5}
     lexical = {"c": 3.0, "d": 1.0}
-    mm = fuse_scores(dense, lexical, FusionConfig(method="minmax", bm25_weight=0.5))
-    assert mm == pytest.approx({"a": 0.5, "b": 0.25, "c": 0.5, "d": 0.0})
+    mm = fuse_scores(dense, lexical, FusionConfig(method="minmax", bm25_weight=0.5, depth=3, lookup_depth=2))
+    # dense (0.9, 0.7, 0.5) -> (1, 0.5, 0), d gets the last dense score; BM25 (3, 1) padded to depth 3 with its
+    # last score 1 (the list is as long as the lookup: a document it did not return may still match)
+    assert mm == pytest.approx({"a": 0.5 * 1 + 0.5 * 0, "b": 0.5 * 0.5 + 0, "c": 0 + 0.5 * 1, "d": 0 + 0})
     rrf = fuse_scores(dense, lexical, FusionConfig(method="rrf", bm25_weight=0.5, rrf_k=10))
     assert rrf == pytest.approx({"a": 0.5 / 11, "b": 0.5 / 12, "c": 0.5 / 13 + 0.5 / 11, "d": 0.5 / 12})
     # the weight's ends are one retriever alone
-    only_dense = fuse_scores(dense, lexical, FusionConfig(method="minmax", bm25_weight=0.0))
+    only_dense = fuse_scores(dense, lexical, FusionConfig(method="minmax", bm25_weight=0.0, depth=3, lookup_depth=2))
     assert only_dense["a"] > only_dense["b"] > only_dense["c"] == only_dense["d"] == 0.0
     # a query without any BM25 match keeps its dense ranking
     assert fuse_scores(dense, {}, FusionConfig()) == dense
