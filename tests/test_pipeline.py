@@ -45,6 +45,41 @@ def last_json(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+def check_hybrid(run_dir: Path, summary: dict) -> None:
+    """Hybrid rows in the last JSON line, the weight chosen on the held-out training queries
+    stored in the index and shipped with the export, and the RAG retrievers agreeing with it."""
+    from embedtune.fusion import FusionConfig
+    from embedtune.index import read_fusion
+    from embedtune.integrations.langchain import EmbedtuneRetriever as LangChainRetriever
+    from embedtune.integrations.llamaindex import EmbedtuneRetriever as LlamaIndexRetriever
+    from embedtune.retriever import Retriever
+
+    metrics = json.loads((run_dir / "eval" / "manifest.json").read_text())["metrics"]
+    for name in ("hybrid(base)", "hybrid(tuned)"):
+        assert summary[name]["ndcg@10"] == metrics["models"][name]["ndcg@10"]
+        assert summary[name]["fusion_chosen_on"].startswith("bench:train (")  # the held-out training queries
+    assert set(summary["vs_hybrid_base"]) == {"tuned", "hybrid(tuned)"}
+    assert summary["best"] in metrics["models"]
+    held_out = json.loads((run_dir / "eval" / "manifest.json").read_text())["config"]["fusion_dev_queries"]
+    bench = run_dir.parent / "bench" / "qrels"
+    split_queries = {split: {line.split("\t")[0] for line in (bench / f"{split}.tsv").read_text().splitlines()[1:]}
+                     for split in ("train", "test")}
+    assert held_out and set(held_out) <= split_queries["train"] and not set(held_out) & split_queries["test"]
+    chosen = FusionConfig(**metrics["fusion"]["hybrid(tuned)"]["config"])
+    assert read_fusion(run_dir / "index") == chosen == read_fusion(run_dir / "export" / "index")
+    retriever = Retriever.load(run_dir / "export" / "index")
+    assert retriever.hybrid and retriever.fusion == chosen
+    query = "protein cell cancer risk"
+    hits = retriever.search(query, 5)
+    assert len(hits) == 5 and all(h["char_end"] > h["char_start"] for h in hits)
+    docs = LangChainRetriever(retriever=retriever, k=5).invoke(query)
+    assert [d.id for d in docs] == [h["passage_id"] for h in hits]
+    assert [d.metadata["doc_id"] for d in docs] == [h["doc_id"] for h in hits]
+    nodes = LlamaIndexRetriever(retriever, similarity_top_k=5).retrieve(query)
+    assert [n.node.node_id for n in nodes] == [h["passage_id"] for h in hits]
+    assert [n.score for n in nodes] == pytest.approx([h["score"] for h in hits])
+
+
 def test_full_pipeline_then_skip_then_from(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("EMBEDTUNE_CACHE", str(tmp_path / "cache"))
     run_dir = tmp_path / "run"
@@ -62,6 +97,7 @@ def test_full_pipeline_then_skip_then_from(tmp_path, tiny_model_dir, monkeypatch
     assert "## Base vs tuned" in report and "## Mining" in report and "## Wall time per stage" in report
     html = (run_dir / "report.html").read_text()
     assert "data:image/png;base64," in html and 'src="eval/' not in html
+    check_hybrid(run_dir, summary)
 
     # same command again: every stage is skipped, same numbers
     again = runner.invoke(app, ["run", str(config), "--json"])
