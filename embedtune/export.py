@@ -775,6 +775,29 @@ def render_usage(final_dir: Path, s: dict[str, Any]) -> str:
             f"embedtune search {final_dir / 'index'} --queries queries.txt --out results.jsonl   # many queries in one call",
             "```", "",
         ]
+    fusion = (s.get("index") or {}).get("fusion")
+    if fusion:
+        index_dir = json.dumps(str(final_dir / "index"))
+        lines += [
+            "## Hybrid search: BM25 fused with this model", "",
+            f"`index/` also holds a BM25 index of the same passages, and `index/fusion.json` the fusion measured for "
+            f"this corpus: {fusion['method']} fusion, BM25 weight {fusion['bm25_weight']:.2f} (dense "
+            f"{1 - fusion['bm25_weight']:.2f}). `embedtune.retriever` returns that ranking; the LangChain and "
+            "LlamaIndex retrievers below are built on it (`pip install 'embedtune[rag]'`). Each hit keeps its "
+            "document id, passage position and character span for citations.", "", "```python",
+            "from embedtune.retriever import Retriever", "",
+            f"retriever = Retriever.load({index_dir})",
+            "for hit in retriever.search(\"what is this collection about?\", k=3):",
+            "    print(f\"{hit['score']:.3f}  {hit['doc_id']}  {hit['text'][:80]}\")",
+            "", "# LangChain",
+            "from embedtune.integrations.langchain import EmbedtuneRetriever as LangChainRetriever", "",
+            "docs = LangChainRetriever(retriever=retriever, k=3).invoke(\"what is this collection about?\")",
+            "", "# LlamaIndex",
+            "from embedtune.integrations.llamaindex import EmbedtuneRetriever as LlamaIndexRetriever", "",
+            "nodes = LlamaIndexRetriever(retriever, similarity_top_k=3).retrieve(\"what is this collection about?\")",
+            "```", "",
+            f"From the command line: `embedtune search {final_dir / 'index'} \"your question\" --hybrid`.", "",
+        ]
     enc = ["\"normalize_embeddings\": True"] + ([f"\"prompt\": {json.dumps(dp)}"] if dp else [])
     qenc = ["\"normalize_embeddings\": True"] + ([f"\"prompt\": {json.dumps(qp)}"] if qp else [])
     lines += [

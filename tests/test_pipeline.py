@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -78,6 +79,14 @@ def check_hybrid(run_dir: Path, summary: dict) -> None:
     nodes = LlamaIndexRetriever(retriever, similarity_top_k=5).retrieve(query)
     assert [n.node.node_id for n in nodes] == [h["passage_id"] for h in hits]
     assert [n.score for n in nodes] == pytest.approx([h["score"] for h in hits])
+    # the USAGE.md snippet that shows all three runs as written
+    usage = (run_dir / "export" / "USAGE.md").read_text()
+    block = re.findall(r"## Hybrid search.*?```python\n(.*?)```", usage, re.S)[0]
+    assert f"BM25 weight {chosen.bm25_weight:.2f}" in usage
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(res.stdout.strip().splitlines()) == 3
 
 
 def test_full_pipeline_then_skip_then_from(tmp_path, tiny_model_dir, monkeypatch):
