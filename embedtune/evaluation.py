@@ -313,11 +313,11 @@ def _fusion_dev(cfg: EvalConfig, folder: Path, ds: BeirDataset) -> BeirDataset |
 def _hybrid_systems(cfg: EvalConfig, folder: Path, ds: BeirDataset, dense: list[dict[str, Any]], lexical: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """hybrid(<model>) for each dense system: its run fused with BM25's, weight chosen on dev."""
     dev = _fusion_dev(cfg, folder, ds)
-    dev_lexical = bm25_run(dev, top_k=cfg.fusion.lookup_depth)[0] if dev is not None else None
+    dev_lexical = bm25_run(dev, top_k=cfg.fusion.depth)[0] if dev is not None else None
     out = []
     for system, model_cfg in zip(dense, cfg.models):
         if dev is not None:
-            dev_dense, _ = dense_run(model_cfg, dev, top_k=cfg.fusion.lookup_depth, cache_dir=cfg.cache_dir, show_progress=False)
+            dev_dense, _ = dense_run(model_cfg, dev, top_k=cfg.fusion.depth, cache_dir=cfg.cache_dir, show_progress=False)
             choice = choose_fusion(dev_dense, dev_lexical, dev.qrels, base=cfg.fusion,
                                    source=f"{folder.name}:{dev.split} ({len(dev.qrels)} queries)")
         else:
@@ -346,7 +346,7 @@ def evaluate(cfg: EvalConfig, *, show_progress: bool = True) -> dict[str, Any]:
         run, info = dense_run(model_cfg, ds, top_k=cfg.top_k, cache_dir=cfg.cache_dir, show_progress=show_progress)
         systems.append({"name": label, **info, "run": run})
     if cfg.bm25 or cfg.hybrid:
-        run, info = bm25_run(ds, top_k=max(cfg.top_k, cfg.fusion.lookup_depth) if cfg.hybrid else cfg.top_k)
+        run, info = bm25_run(ds, top_k=max(cfg.top_k, cfg.fusion.depth) if cfg.hybrid else cfg.top_k)
         bm25_system = {"name": "bm25", **info, "run": run}
         if cfg.hybrid:
             systems += _hybrid_systems(cfg, folder, ds, list(systems), run)

@@ -396,19 +396,8 @@ def query_index(
         precision=index.model_cfg.precision, show_progress=show_progress,
     )
     t1 = time.perf_counter()
-    scores, found = index.searcher.search(vectors, min(max(k, fusion.lookup_depth), index.count) if hybrid else k)
-    ranked = [[(pid, float(s)) for s, pid in zip(q_scores, q_ids) if pid] for q_scores, q_ids in zip(scores, found)]
-    if hybrid:
-        from .lexical import bm25_retrieve
-
-        t_bm25 = time.perf_counter()
-        lexical = bm25_retrieve(index.lexical, list(queries), min(fusion.lookup_depth, index.count))
-        index.last_timings["bm25_s"] = time.perf_counter() - t_bm25
-        ranked = [
-            sorted(fuse_scores(dict(dense), {index.lexical_ids[r]: float(s) for r, s in zip(rows, lex_scores)}, fusion).items(),
-                   key=lambda kv: (-kv[1], kv[0]))[:k]
-            for dense, (rows, lex_scores) in zip(ranked, lexical)
-        ]
+    ranked = ranked_search(index.searcher, vectors, k, lexical=(index.lexical, index.lexical_ids, list(queries)) if hybrid else None,
+                           fusion=fusion, timings=index.last_timings)
     index.last_timings.update({"encode_s": t1 - t0, "search_s": time.perf_counter() - t1})
     results: list[list[Hit]] = []
     for q_ranked in ranked:
@@ -422,6 +411,37 @@ def query_index(
                 hits.append(Hit(rank, score, pid, doc_id, position, "", ""))
         results.append(hits)
     return results
+
+
+def ranked_search(
+    searcher: "Searcher",
+    vectors: Any,
+    k: int,
+    *,
+    lexical: tuple[Any, list[str], list[str]] | None = None,
+    fusion: FusionConfig | None = None,
+    timings: dict[str, float] | None = None,
+) -> list[list[tuple[str, float]]]:
+    """(passage id, score) of the top ``k`` per query vector, best first; with ``lexical`` =
+    (bm25s retriever, its row ids, the query texts), BM25 fused with the dense ranking."""
+    fusion = fusion or FusionConfig()
+    count = len(searcher)
+    scores, found = searcher.search(vectors, min(max(k, fusion.depth), count) if lexical else min(k, count))
+    ranked = [[(pid, float(s)) for s, pid in zip(q_scores, q_ids) if pid] for q_scores, q_ids in zip(scores, found)]
+    if lexical is None:
+        return ranked
+    from .lexical import bm25_retrieve
+
+    retriever, ids, texts = lexical
+    t0 = time.perf_counter()
+    bm25 = bm25_retrieve(retriever, texts, min(fusion.depth, count))
+    if timings is not None:
+        timings["bm25_s"] = time.perf_counter() - t0
+    return [
+        sorted(fuse_scores(dict(dense), {ids[r]: float(s) for r, s in zip(rows, row_scores)}, fusion).items(),
+               key=lambda kv: (-kv[1], kv[0]))[:k]
+        for dense, (rows, row_scores) in zip(ranked, bm25)
+    ]
 
 
 # --------------------------------------------------------------------------- building

@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--model", action="append", help="dense model(s); default: minilm")
     ap.add_argument("--max-seq-length", type=int, default=256)
     ap.add_argument("--depth", type=int, default=100, help="candidates from each retriever")
-    ap.add_argument("--lookup-depth", type=int, default=1000, help="how deep each list is read to score the other's candidates")
+    ap.add_argument("--lookup-depth", type=int, default=100, help="how deep each list is read to score the other's candidates")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     args = ap.parse_args()
 
@@ -55,7 +55,7 @@ def main() -> None:
         test_qrels = splits[args.split].qrels
         row: dict = {"dense": {"ndcg@10": round(mean_metrics(compute_metrics(test_qrels, dense[args.split]))["ndcg@10"], 4)}}
         for method in FUSION_METHODS:
-            base = FusionConfig(method=method, depth=args.depth, lookup_depth=args.lookup_depth)
+            base = FusionConfig(method=method, depth=args.depth)
             dev = choose_fusion(dense[args.dev_split], lexical[args.dev_split], splits[args.dev_split].qrels, base=base)
             test = choose_fusion(dense[args.split], lexical[args.split], test_qrels, base=base)
             at_half = fuse_runs(dense[args.split], lexical[args.split], base)

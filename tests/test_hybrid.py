@@ -19,8 +19,8 @@ from tiny_models import build_tiny_bert
 
 def test_zscore_fusion_matches_hand_computation():
     dense = {"a": 0.9, "b": 0.7, "c": 0.5}
-    lexical = {"b": 12.0, "d": 4.0}  # shorter than the lookup: every other document has BM25 0
-    fused = fuse_scores(dense, lexical, FusionConfig(method="zscore", bm25_weight=0.5, depth=3, lookup_depth=3))
+    lexical = {"b": 12.0, "d": 4.0}  # shorter than depth: every other document has BM25 0
+    fused = fuse_scores(dense, lexical, FusionConfig(method="zscore", bm25_weight=0.5, depth=3))
     # dense: mean 0.7, sd sqrt(0.08/3); d (not returned) gets the last score, 0.5
     zd = {d: (v - 0.7) / (0.08 / 3) ** 0.5 for d, v in {"a": 0.9, "b": 0.7, "c": 0.5, "d": 0.5}.items()}
     # BM25 padded to depth 3 with 0: (12, 4, 0), mean 16/3, population sd
@@ -33,22 +33,22 @@ def test_zscore_fusion_matches_hand_computation():
         assert fused[d] == pytest.approx(expected[d], abs=1e-9)
     assert max(fused, key=fused.get) == "b"  # second in dense, first in BM25
     # a full-depth BM25 list: a document it did not return gets its last score, not 0
-    full = fuse_scores(dense, lexical, FusionConfig(method="zscore", bm25_weight=0.5, depth=2, lookup_depth=2))
+    full = fuse_scores(dense, lexical, FusionConfig(method="zscore", bm25_weight=0.5, depth=2))
     assert full["a"] == pytest.approx(0.5 * (0.9 - 0.8) / 0.1 + 0.5 * (4.0 - 8.0) / 4.0)
 
 
 def test_minmax_and_rrf_fusion_match_hand_computation():
     dense = {"a": 0.9, "b": 0.7, "c": 0.5}
     lexical = {"c": 3.0, "d": 1.0}
-    mm = fuse_scores(dense, lexical, FusionConfig(method="minmax", bm25_weight=0.5, depth=3, lookup_depth=2))
-    # dense (0.9, 0.7, 0.5) -> (1, 0.5, 0), d gets the last dense score; BM25 (3, 1) padded to depth 3 with its
-    # last score 1 (the list is as long as the lookup: a document it did not return may still match)
-    assert mm == pytest.approx({"a": 0.5 * 1 + 0.5 * 0, "b": 0.5 * 0.5 + 0, "c": 0 + 0.5 * 1, "d": 0 + 0})
+    mm = fuse_scores(dense, lexical, FusionConfig(method="minmax", bm25_weight=0.5, depth=2))
+    # dense top 2 (0.9, 0.7) -> (1, 0); c keeps its real dense score 0.5 -> -1; d (not returned) the last, 0.5.
+    # BM25 (3, 1) fills the depth, so a document it did not return gets its last score 1, not 0: -> 0
+    assert mm == pytest.approx({"a": 0.5 * 1 + 0.5 * 0, "b": 0.5 * 0 + 0.5 * 0, "c": 0.5 * -1 + 0.5 * 1, "d": 0.5 * -1 + 0})
     rrf = fuse_scores(dense, lexical, FusionConfig(method="rrf", bm25_weight=0.5, rrf_k=10))
     assert rrf == pytest.approx({"a": 0.5 / 11, "b": 0.5 / 12, "c": 0.5 / 13 + 0.5 / 11, "d": 0.5 / 12})
     # the weight's ends are one retriever alone
-    only_dense = fuse_scores(dense, lexical, FusionConfig(method="minmax", bm25_weight=0.0, depth=3, lookup_depth=2))
-    assert only_dense["a"] > only_dense["b"] > only_dense["c"] == only_dense["d"] == 0.0
+    only_dense = fuse_scores(dense, lexical, FusionConfig(method="minmax", bm25_weight=0.0, depth=3))
+    assert only_dense["a"] > only_dense["b"] > only_dense["c"] == only_dense["d"] == 0.0  # d: below every dense result
     # a query without any BM25 match keeps its dense ranking
     assert fuse_scores(dense, {}, FusionConfig()) == dense
 
