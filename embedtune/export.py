@@ -195,6 +195,7 @@ class RunParts:
     index_manifest: dict[str, Any] | None = None
     eval_metrics: dict[str, Any] | None = None
     eval_path: Path | None = None
+    selection: dict[str, Any] | None = None  # select/selection.json: which weights ship and why
     missing: list[str] = field(default_factory=list)
 
 
@@ -228,7 +229,11 @@ def read_run_folder(run_dir: str | Path) -> RunParts:
     if not root.is_dir():
         raise RunDirError("run folder not found", file=root)
     if (m := _part(root, "train/model")) is not None and m.is_dir():
-        parts = RunParts(root=root, kind="pipeline", model_dir=m)
+        # a pipeline ships what its select stage chose (base, tuned or merged), when it ran
+        chosen = _part(root, "select/model")
+        parts = RunParts(root=root, kind="pipeline", model_dir=chosen if chosen is not None and chosen.is_dir() else m)
+        selection = _part(root, "select/selection.json")
+        parts.selection = _read_json(selection, "selection") if selection else None
         train = _part(root, "train/" + MANIFEST)
         parts.train_manifest = _read_json(train, "train manifest") if train else None
         if train is None:

@@ -119,3 +119,20 @@ def sha256_text(*parts: str) -> str:
 
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def save_model_atomically(model: Any, model_dir: Path) -> None:
+    """Save into a temp folder next to ``model_dir``, then swap it in with renames."""
+    model_dir = Path(model_dir)
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = model_dir.parent / f"{TMP_PREFIX}{model_dir.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save(str(tmp), safe_serialization=True)
+    old = None
+    if model_dir.exists():
+        old = model_dir.parent / f"{TMP_PREFIX}{model_dir.name}-old-{os.getpid()}"
+        os.replace(model_dir, old)
+    os.replace(tmp, model_dir)
+    if old is not None:
+        shutil.rmtree(old)

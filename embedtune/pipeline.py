@@ -1,4 +1,4 @@
-"""``embedtune run CONFIG.yaml``: mine -> train -> index -> eval -> export, in one run folder.
+"""``embedtune run CONFIG.yaml``: mine -> train -> select -> index -> eval -> export, in one run folder.
 
 The pipeline only composes the stages' public functions; each stage keeps its own manifest in
 ``RUN/<stage>/`` and skips itself when its config and inputs did not change. The pipeline adds:
@@ -8,6 +8,8 @@ The pipeline only composes the stages' public functions; each stage keeps its ow
   per stage, the hash of the upstream manifest it was run on -- when an upstream stage re-ran,
   the downstream stages re-run too; otherwise they are skipped or resumed (a killed training
   continues from its last checkpoint);
+- ``select``: the regression guard -- base, tuned and merged weights compared on dev (and guard
+  benchmarks); the index, the evaluation and the export use the model it ships;
 - ``--from STAGE`` to force a stage and everything after it to run again;
 - the final report (``RUN/report.md`` and a self-contained ``RUN/report.html``).
 """
@@ -28,7 +30,7 @@ from .io import atomic_write_json, remove_stale_temp_files, sha256_file, sha256_
 
 log = logging.getLogger("embedtune")
 
-STAGES = ("mine", "train", "index", "eval", "export")
+STAGES = ("mine", "train", "select", "index", "eval", "export")
 STATE = "pipeline.json"
 
 
@@ -49,6 +51,7 @@ class PipelineConfig(StrictModel):
     data: DataSection = DataSection()
     mine: dict[str, Any] = Field(default_factory=dict, description="MineConfig keys (model/pairs/corpus are filled in).")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig keys (model is filled in).")
+    select: dict[str, Any] = Field(default_factory=dict, description="SelectConfig keys: merge weights tried, guard benchmarks.")
     index: dict[str, Any] = Field(default_factory=dict, description="IndexConfig keys (model/corpus are filled in).")
     eval: dict[str, Any] = Field(default_factory=dict, description="EvalConfig keys (models/data are filled in).")
     export: dict[str, Any] = Field(default_factory=dict, description="ExportConfig keys.")
@@ -88,6 +91,7 @@ class Pipeline:
         corpus = data.corpus or (str(bench) if bench else None)
         model = cfg.model.model_dump()
         tuned = deep_merge(model, {"name": str(self.run_dir / "train" / "model")})
+        shipped = deep_merge(model, {"name": str(self.run_dir / "select" / "model")})
         src = f"{self.source}: {stage}"
         if stage == "mine":
             from .mining import MineConfig
@@ -100,12 +104,16 @@ class Pipeline:
             from .training import TrainConfig
 
             return build_config(TrainConfig, deep_merge({"model": model}, cfg.train, keep_none=True), src)
+        if stage == "select":
+            from .selection import SelectConfig
+
+            return build_config(SelectConfig, cfg.select, src)
         if stage == "index":
             from .index import IndexConfig
 
             if corpus is None:
                 raise ConfigError(f"{self.source}: field 'data.corpus': no corpus to index")
-            base = {"model": tuned, "corpus": CorpusConfig(path=corpus).model_dump(), "hybrid": cfg.hybrid}
+            base = {"model": shipped, "corpus": CorpusConfig(path=corpus).model_dump(), "hybrid": cfg.hybrid}
             return build_config(IndexConfig, deep_merge(base, cfg.index, keep_none=True), src)
         if stage == "eval":
             from .evaluation import EvalConfig
@@ -214,6 +222,13 @@ class Pipeline:
 
             # A killed training resumes from its last checkpoint unless upstream changed.
             return train_model(cfg, self.run_dir / "mine", out, resume=not rerun, overwrite=rerun, progress=progress)
+        if stage == "select":
+            from .selection import run_selection
+            from .training import load_mined, make_dev_split
+
+            configs = self.validate()
+            dev = make_dev_split(load_mined(self.run_dir / "mine"), configs["train"])
+            return run_selection(cfg, configs["train"].model, self.run_dir / "train", dev, out, overwrite=rerun)
         if stage == "index":
             from .index import build_index
 
@@ -232,6 +247,13 @@ class Pipeline:
         bench, split = self._benchmark()
         return {"data": str(bench), "split": split, "models": [model, tuned], "labels": ["base", "tuned"], "bm25": self.cfg.bm25,
                 "hybrid": self.cfg.hybrid}
+
+    def shipped(self) -> str:
+        """'base', 'tuned' or 'merged(alpha=...)': what the select stage chose."""
+        import json
+
+        path = self.run_dir / "select" / "selection.json"
+        return json.loads(path.read_text())["shipped"] if path.is_file() else "tuned"
 
     def _fusion_dev(self, cfg: StrictModel) -> dict[str, Any]:
         """Where the fusion weight is chosen: the training's dev split when it is a split of the
@@ -258,13 +280,17 @@ class Pipeline:
 
         if cfg.hybrid and cfg.fusion_dev_split is None and "bm25_weight" not in cfg.fusion.model_fields_set:
             cfg = cfg.model_copy(update=self._fusion_dev(cfg))
+        shipped = self.shipped()
+        if shipped.startswith("merged"):  # the merged weights are a third system
+            models = list(cfg.models) + [cfg.models[1].model_copy(update={"name": str(self.run_dir / "select" / "model")})]
+            cfg = cfg.model_copy(update={"models": models, "labels": list(cfg.labels or []) + ["merged"]})
         result = run_evaluation(cfg, out, overwrite=rerun, show_progress=progress)
-        fusion = result["summary"].get("fusion", {}).get("hybrid(tuned)")
+        fusion = result["summary"].get("fusion", {}).get(f"hybrid({shipped.split('(')[0]})")
         if fusion and (self.run_dir / "index" / "bm25").is_dir():
             from .fusion import FusionConfig
             from .index import write_fusion
 
-            # the index ships the weight chosen on dev for the tuned model (a setting: no stage re-runs)
+            # the index ships the weight chosen on dev for the shipped model (a setting: no stage re-runs)
             write_fusion(self.run_dir / "index", FusionConfig(**fusion["config"]), chosen_on={k: v for k, v in fusion.items() if k != "config"})
         return result
 
@@ -280,6 +306,11 @@ def headline(run_dir: str | Path) -> dict[str, Any]:
         stages = json.loads(state_path.read_text()).get("stages", {})
         out["wall_time_s"] = round(sum(s.get("seconds") or 0 for s in stages.values()), 1)
         out["stage_seconds"] = {k: round(v.get("seconds") or 0, 1) for k, v in stages.items()}
+    selection = run_dir / "select" / "selection.json"
+    if selection.is_file():
+        sel = json.loads(selection.read_text())
+        out["shipped"] = {"model": sel["shipped"], "alpha": sel["alpha"], "why": sel["why"], "beat_base": sel["beat_base"],
+                          "dev_ndcg@10": {c["name"]: round(c["dev_ndcg@10"], 4) for c in sel["candidates"]}}
     manifest = run_dir / "eval" / "manifest.json"
     if manifest.is_file():
         summary = json.loads(manifest.read_text())["metrics"]
@@ -293,7 +324,11 @@ def headline(run_dir: str | Path) -> dict[str, Any]:
         out["delta_ndcg@10"], out["p_value"], out["ci95"] = d["delta"], d["p_value"], d["ci95"]
         out["ndcg@10"] = out["tuned"]["ndcg@10"]
         out["wins_ties_losses"] = summary["wins_ties_losses"]["tuned"]
-        for name in ("hybrid(base)", "hybrid(tuned)"):
+        if "merged" in models:
+            d = summary["deltas"]["merged"]["ndcg@10"]
+            out["merged"] = {"ndcg@10": models["merged"]["ndcg@10"], "recall@100": models["merged"]["recall@100"],
+                             "delta_vs_base": d["delta"], "ci95": d["ci95"], "p_value": d["p_value"]}
+        for name in ("hybrid(base)", "hybrid(tuned)", "hybrid(merged)"):
             if name in models:
                 d = summary["deltas"][name]["ndcg@10"]
                 out[name] = {"ndcg@10": models[name]["ndcg@10"], "recall@100": models[name]["recall@100"],
@@ -301,7 +336,7 @@ def headline(run_dir: str | Path) -> dict[str, Any]:
                              "bm25_weight": summary["fusion"][name]["config"]["bm25_weight"],
                              "fusion_chosen_on": summary["fusion"][name]["source"]}
         for name, d in summary.get("deltas_vs", {}).get("hybrid(base)", {}).items():
-            if name in ("tuned", "hybrid(tuned)"):
+            if name in ("tuned", "merged", "hybrid(tuned)", "hybrid(merged)"):
                 r = d["ndcg@10"]
                 out.setdefault("vs_hybrid_base", {})[name] = {"delta": r["delta"], "ci95": r["ci95"], "p_value": r["p_value"]}
         if "best" in summary:

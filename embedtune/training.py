@@ -52,7 +52,7 @@ from pydantic import Field, model_validator
 from .config import ModelConfig, Precision, StrictModel
 from .corpus import load_beir, load_corpus, parse_benchmark_source, read_jsonl
 from .errors import ConfigError, InputError, RunDirError
-from .io import TMP_PREFIX, atomic_write_json, atomic_write_with
+from .io import TMP_PREFIX, atomic_write_json, atomic_write_with, save_model_atomically
 from .encoding import cpu_has_bf16
 from .losses import KnownPositives, LossConfig, build_loss
 from .manifest import hash_path, prepare_run_folder, read_manifest, stage_key, write_manifest
@@ -764,23 +764,6 @@ def training_curve(log_history: list[dict], base_dev: float | None = None) -> di
     dev += [{"step": e["step"], "ndcg@10": e[NDCG_KEY]} for e in log_history if NDCG_KEY in e]
     steps = max((e.get("step", 0) for e in log_history), default=0)
     return {"steps": steps, "loss": loss, "dev": dev}
-
-
-def save_model_atomically(model, model_dir: Path) -> None:
-    """Save into a temp folder next to ``model_dir``, then swap it in with renames."""
-    model_dir = Path(model_dir)
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = model_dir.parent / f"{TMP_PREFIX}{model_dir.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save(str(tmp), safe_serialization=True)
-    old = None
-    if model_dir.exists():
-        old = model_dir.parent / f"{TMP_PREFIX}{model_dir.name}-old-{os.getpid()}"
-        os.replace(model_dir, old)
-    os.replace(tmp, model_dir)
-    if old is not None:
-        shutil.rmtree(old)
 
 
 def plot_curve(rounds: list[dict[str, Any]], path: Path, title: str) -> None:

@@ -11,7 +11,8 @@ from rich.table import Table
 from ..errors import ConfigError
 from .app import app, command, console, emit_json
 
-STAGE_HELP = "Re-run this stage and every stage after it (mine, train, index, eval, export)."
+STAGE_HELP = "Re-run this stage and every stage after it (mine, train, select, index, eval, export)."
+NOTHING_BEAT_BASE = 8  # documented exit code: the run completed and shipped the base model
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
@@ -35,6 +36,10 @@ def _run(config: Path, run_dir: str | None, from_stage: str | None, overwrite: b
     _print_summary(summary, result["report"])
     if as_json:
         emit_json(summary)
+    if summary.get("shipped", {}).get("beat_base") is False:
+        console.print(f"[bold yellow]nothing beat the base model[/] ({summary['shipped']['why']}): the export holds the base "
+                      f"model's weights; exit code {NOTHING_BEAT_BASE}")
+        raise typer.Exit(NOTHING_BEAT_BASE)
 
 
 def _print_summary(s: dict, report: dict) -> None:
@@ -45,6 +50,9 @@ def _print_summary(s: dict, report: dict) -> None:
         table.add_column("recall@100", justify="right")
         table.add_row("base", f"{s['base']['ndcg@10']:.4f}", f"{s['base']['recall@100']:.4f}")
         table.add_row("tuned", f"{s['tuned']['ndcg@10']:.4f}", f"{s['tuned']['recall@100']:.4f}")
+        for name in ("merged", "hybrid(base)", "hybrid(tuned)", "hybrid(merged)"):
+            if name in s:
+                table.add_row(name, f"{s[name]['ndcg@10']:.4f}", f"{s[name]['recall@100']:.4f}")
         if "bm25" in s:
             table.add_row("bm25", f"{s['bm25']['ndcg@10']:.4f}", "")
         console.print(table)
@@ -54,6 +62,12 @@ def _print_summary(s: dict, report: dict) -> None:
             f"tuned vs base: nDCG@10 {s['delta_ndcg@10']:+.4f} (95% CI [{s['ci95'][0]:+.4f}, {s['ci95'][1]:+.4f}], "
             f"p = {s['p_value']:.4f}, {verdict}); per query {wtl['wins']} wins / {wtl['ties']} ties / {wtl['losses']} losses"
         )
+    for name, d in s.get("vs_hybrid_base", {}).items():
+        console.print(f"{name} vs hybrid(base): nDCG@10 {d['delta']:+.4f} (95% CI [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}], p = {d['p_value']:.4f})")
+    if "best" in s:
+        console.print(f"best system on the test split: {s['best']}")
+    if "shipped" in s:
+        console.print(f"shipped: {s['shipped']['model']} -- {s['shipped']['why']}")
     times = ", ".join(f"{k} {v:.0f}s" for k, v in s.get("stage_seconds", {}).items())
     console.print(f"wall time {s.get('wall_time_s', 0):.0f} s ({times})")
     console.print(f"report: {report['markdown']} and {report['html']}")

@@ -1,0 +1,177 @@
+"""The select stage: which model ships -- the regression guard of ``embedtune run``.
+
+The candidates are the base model, the tuned model and the two merged with weight ``alpha``
+(:mod:`embedtune.merging`; ``alpha`` 0 = base, 1 = tuned). Each is scored on the dev signal the
+training used (a real dev split, or the queries it held out -- pseudo-queries when there are no
+labels; never the test split) and on every guard benchmark the config lists. A candidate that is
+significantly worse than the base on a guard (p < 0.05, paired randomization test) is out; the
+best of the rest on dev ships. When that is the base, ``run`` says so and exits with code 8
+(nothing beat the base): a user never ships a regression without being told.
+
+Writes ``model/`` (the chosen weights), ``selection.json`` (every candidate's scores) and
+``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from .config import ModelConfig, StrictModel
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from .training import DevSplit
+
+log = logging.getLogger("embedtune")
+
+STAGE = "select"
+
+
+class SelectConfig(StrictModel):
+    """Which weights ship (YAML section ``select`` of ``embedtune run``)."""
+
+    alphas: list[float] = Field([0.0, 0.5, 0.75, 1.0], description="Merge weights tried: 0 = the base model, 1 = the "
+                                "tuned model, between = WiSE-FT interpolation. The best on dev ships.")
+    guard: list[str] = Field(default_factory=list, description="BEIR benchmarks ('folder:split') on which no shipped "
+                             "model may be significantly worse than the base.")
+    guard_p_value: float = Field(0.05, gt=0, lt=1, description="A candidate significantly worse than the base on a guard at this level is out.")
+    permutations: int = Field(2000, ge=100, description="Permutations of the paired tests on guards.")
+
+    @field_validator("alphas")
+    @classmethod
+    def _alphas(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0.0 <= a <= 1.0 for a in v):
+            raise ValueError("every alpha must be in [0, 1]")
+        return sorted(set(v) | {0.0})  # the base is always a candidate
+
+    @field_validator("guard")
+    @classmethod
+    def _guards_exist(cls, v: list[str]) -> list[str]:
+        from .corpus import parse_benchmark_source
+
+        for source in v:
+            folder, split = parse_benchmark_source(source)  # raises a one-line error for a missing folder
+            if not (folder / "qrels" / f"{split}.tsv").is_file():
+                raise ValueError(f"guard '{source}': no qrels/{split}.tsv in {folder}")
+        return v
+
+
+def _per_query_ndcg(model: "SentenceTransformer", cfg: ModelConfig, queries: dict[str, str], corpus: dict[str, str],
+                    qrels: dict[str, dict[str, int]]) -> dict[str, float]:
+    from .encoding import encode_texts
+    from .evaluation import compute_metrics
+    from .search import exact_search
+
+    doc_ids = list(corpus)
+    docs = encode_texts(model, [corpus[d] for d in doc_ids], prompt=cfg.document_prompt, batch_size=cfg.batch_size,
+                        precision=cfg.precision, show_progress=False)
+    qids = list(queries)
+    qv = encode_texts(model, [queries[q] for q in qids], prompt=cfg.query_prompt, batch_size=cfg.batch_size,
+                      precision=cfg.precision, show_progress=False)
+    scores, idx = exact_search(qv, docs, min(100, len(doc_ids)))
+    run = {q: {doc_ids[j]: float(s) for s, j in zip(scores[i], idx[i])} for i, q in enumerate(qids)}
+    return compute_metrics(qrels, run, only=("ndcg@10",))["ndcg@10"]
+
+
+def _guard_data(source: str) -> tuple[str, dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
+    from .corpus import load_beir, parse_benchmark_source
+
+    folder, split = parse_benchmark_source(source)
+    ds = load_beir(folder, split)
+    queries = {q: t for q, t in ds.queries.items() if q in ds.qrels}
+    return f"{folder.name}:{split}", queries, {d: doc.full_text for d, doc in ds.corpus.items()}, ds.qrels
+
+
+def select_model(
+    cfg: SelectConfig,
+    base: ModelConfig,
+    tuned_dir: str | Path,
+    dev: "DevSplit",
+    out_dir: str | Path,
+) -> dict[str, Any]:
+    """Score every candidate, save the one that ships into ``out_dir/model``; returns the
+    selection (candidates with their dev and guard scores, the chosen alpha, why)."""
+    from .evaluation import paired_randomization_test
+    from .io import atomic_write_json, save_model_atomically
+    from .merging import merge_models
+    from .models import load_model
+
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    base_model = load_model(base)
+    tuned_model = load_model(base.model_copy(update={"name": str(tuned_dir)}))
+    dev_qrels = {q: {d: 1 for d in docs} for q, docs in dev.relevant.items()}
+    guards = [_guard_data(g) for g in cfg.guard]
+    candidates: list[dict[str, Any]] = []
+    base_guard: dict[str, dict[str, float]] = {}
+    for alpha in cfg.alphas:
+        model = base_model if alpha == 0.0 else tuned_model if alpha == 1.0 else merge_models(base_model, [tuned_model], alpha)
+        per_query = _per_query_ndcg(model, base, dev.queries, dev.corpus, dev_qrels)
+        cand = {"alpha": alpha, "name": _name(alpha), "dev_ndcg@10": float(np.mean(list(per_query.values()))), "guards": {}}
+        for name, queries, corpus, qrels in guards:
+            scores = _per_query_ndcg(model, base, queries, corpus, qrels)
+            if alpha == 0.0:
+                base_guard[name] = scores
+            qids = sorted(scores)
+            test = paired_randomization_test([base_guard[name][q] for q in qids], [scores[q] for q in qids],
+                                             permutations=cfg.permutations)
+            cand["guards"][name] = {"ndcg@10": float(np.mean(list(scores.values()))), "delta": test["delta"], "p_value": test["p_value"]}
+        cand["qualified"] = all(not (g["delta"] < 0 and g["p_value"] < cfg.guard_p_value) for g in cand["guards"].values())
+        log.info("select: %s dev nDCG@10 %.4f%s", cand["name"], cand["dev_ndcg@10"],
+                 "".join(f", {n} {g['ndcg@10']:.4f}" for n, g in cand["guards"].items()))
+        candidates.append(cand)
+    qualified = [c for c in candidates if c["qualified"]]
+    # the best on dev; on a tie the one nearer the base (less moved, fewer surprises elsewhere)
+    chosen = max(qualified, key=lambda c: (round(c["dev_ndcg@10"], 6), -c["alpha"]))
+    base_dev = candidates[0]["dev_ndcg@10"]
+    if chosen["alpha"] == 0.0:
+        why = "no candidate beat the base model on dev" + (" without a significant loss on a guard" if guards else "")
+    else:
+        why = f"best on dev ({chosen['dev_ndcg@10']:.4f} vs base {base_dev:.4f})" + (", no significant loss on any guard" if guards else "")
+    model = base_model if chosen["alpha"] == 0.0 else tuned_model if chosen["alpha"] == 1.0 else merge_models(base_model, [tuned_model], chosen["alpha"])
+    save_model_atomically(model, out / "model")
+    selection = {"shipped": chosen["name"], "alpha": chosen["alpha"], "why": why, "beat_base": chosen["alpha"] > 0.0,
+                 "dev": dev.description, "candidates": candidates, "seconds": round(time.perf_counter() - t0, 1)}
+    atomic_write_json(out / "selection.json", selection)
+    return selection
+
+
+def _name(alpha: float) -> str:
+    return "base" if alpha == 0.0 else "tuned" if alpha == 1.0 else f"merged(alpha={alpha:g})"
+
+
+def run_selection(cfg: SelectConfig, base: ModelConfig, train_dir: Path, dev: "DevSplit | None", out_dir: Path, *,
+                  overwrite: bool) -> dict[str, Any]:
+    """The stage: skipped when the tuned model, the dev split and the settings did not change."""
+    import json
+
+    from .io import atomic_write_json
+    from .manifest import hash_path, prepare_run_folder, stage_key, write_manifest
+    from .models import model_fingerprint, resolve_model_path
+
+    inputs = {"base": model_fingerprint(resolve_model_path(base.name)), "tuned": hash_path(train_dir / "model"),
+              "dev": dev.description if dev else "none"}
+    key = stage_key({"select": cfg.model_dump(mode="json"), "model": base.model_dump(mode="json")}, inputs)
+    if prepare_run_folder(out_dir, STAGE, key, overwrite=overwrite):
+        return {"skipped": True, **json.loads((out_dir / "selection.json").read_text())}
+    if dev is None:  # the user turned the dev signal off: nothing to guard with, and the summary says so
+        from .io import save_model_atomically
+        from .models import load_model
+
+        save_model_atomically(load_model(base.model_copy(update={"name": str(train_dir / "model")})), out_dir / "model")
+        selection = {"shipped": "tuned", "alpha": 1.0, "why": "no dev signal (train.dev.enabled: false): shipped unguarded",
+                     "beat_base": None, "dev": None, "candidates": [], "seconds": 0.0}
+        atomic_write_json(out_dir / "selection.json", selection)
+    else:
+        selection = select_model(cfg, base, train_dir / "model", dev, out_dir)
+    write_manifest(out_dir, stage=STAGE, key=key, config=cfg, inputs=inputs,
+                   metrics=selection,
+                   timings={"total_seconds": selection["seconds"]}, artifacts=["model", "selection.json"])
+    return {"skipped": False, **selection}
