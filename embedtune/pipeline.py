@@ -161,7 +161,9 @@ class Pipeline:
     def run(self, *, from_stage: str | None = None, overwrite: bool = False, progress: bool = True,
             on_stage: Callable[[str, str], None] | None = None) -> dict[str, Any]:
         configs = self.validate()
-        key = sha256_json(self.cfg.model_dump(mode="json"))
+        # the settings the user chose, not the defaults: a release that adds a setting (with a
+        # default) keeps existing run folders valid; each stage's own key still guards its results
+        key = sha256_json(self.cfg.model_dump(mode="json", exclude_defaults=True))
         state = self._read_state()
         if state and state.get("config_key") != key and not overwrite:
             raise RunDirError("run folder holds a run of another config; choose another run_dir or pass --overwrite", file=self._state_path(), field="config_key")
