@@ -81,6 +81,8 @@ def test_guard_ships_the_base_after_a_harmful_training(tmp_path, tiny_model_dir,
     for cand in selection["candidates"]:  # every candidate was also scored on the guard benchmark
         guard = cand["guards"]["bench:test"]
         assert 0 <= guard["ndcg@10"] <= 1 and (guard["delta"] == 0.0) == (cand["alpha"] == 0.0)
+    card = (run_dir / "export" / "model" / "README.md").read_text()
+    assert "## Which weights ship" in card and "**base**" in card and "no candidate beat the base model on dev" in card
     # what ships is the base model's weights
     base = _state(tiny_model_dir)
     shipped = _state(run_dir / "export" / "model")
