@@ -126,30 +126,50 @@ def _string_field(obj: dict, key: str, path: Path, lineno: int, *, required: boo
     return value
 
 
-def _records_to_documents(records: Iterator[tuple[int, dict]], path: Path, id_field: str, title_field: str, text_field: str) -> dict[str, Document]:
+def report_empty_documents(path: Path, empty: list[str]) -> None:
+    """One warning line for the documents with neither title nor text."""
+    if empty:
+        shown = ", ".join(f"'{d}'" for d in empty[:3]) + (", ..." if len(empty) > 3 else "")
+        log.warning("%s: %d empty document(s) (no title, no text: %s) kept for indexing and evaluation, as BEIR does, "
+                    "never used as a positive, negative or pseudo-query source", path, len(empty), shown)
+
+
+def is_empty(doc: Document) -> bool:
+    return not doc.full_text
+
+
+def _records_to_documents(records: Iterator[tuple[int, dict]], path: Path, id_field: str, title_field: str, text_field: str,
+                          *, strict: bool = False) -> dict[str, Document]:
+    """Documents by id. One with neither title nor text is kept (real collections have them, and
+    qrels may point at them) and reported once; ``strict`` makes it an error."""
     docs: dict[str, Document] = {}
     first_line: dict[str, int] = {}
+    empty: list[str] = []
     for lineno, obj in records:
         doc_id = _string_field(obj, id_field, path, lineno)
         title = _string_field(obj, title_field, path, lineno, required=False)
-        text = _string_field(obj, text_field, path, lineno, required=True, allow_empty=bool(title.strip()))
+        text = _string_field(obj, text_field, path, lineno, required=True, allow_empty=True)
         if not text.strip() and not title.strip():
-            raise InputError("empty", file=path, line=lineno, field=text_field)
+            if strict:
+                raise InputError("empty (no title, no text)", file=path, line=lineno, field=text_field)
+            empty.append(doc_id)
+            title, text = "", ""
         if doc_id in docs:
             raise InputError(f"duplicate id '{doc_id}' (first on line {first_line[doc_id]})", file=path, line=lineno, field=id_field)
         docs[doc_id] = Document(id=doc_id, text=text, title=title)
         first_line[doc_id] = lineno
-    if not docs:
-        raise InputError("empty corpus: no documents", file=path)
+    if not docs or len(empty) == len(docs):
+        raise InputError("empty corpus: no documents" if not docs else "every document is empty", file=path)
+    report_empty_documents(path, empty)
     return docs
 
 
 # --------------------------------------------------------------------------- BEIR
 
 
-def load_beir_corpus(path: Path) -> dict[str, Document]:
+def load_beir_corpus(path: Path, *, strict: bool = False) -> dict[str, Document]:
     path = Path(path)
-    return _records_to_documents(read_jsonl(path), path, "_id", "title", "text")
+    return _records_to_documents(read_jsonl(path), path, "_id", "title", "text", strict=strict)
 
 
 def load_queries(path: Path) -> dict[str, str]:
@@ -280,13 +300,18 @@ def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield i, row  # "line" = row number (1-based) for Parquet
 
 
-def _load_text_folder(path: Path) -> dict[str, Document]:
+def _load_text_folder(path: Path, *, strict: bool = False) -> dict[str, Document]:
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".txt", ".md") and not p.name.startswith("."))
     docs: dict[str, Document] = {}
+    empty: list[str] = []
     for f in files:
         text = "\n".join(line for _, line in _read_lines(f))
         if not text.strip():
-            raise InputError("empty document", file=f, line=1, field="text")
+            if strict:
+                raise InputError("empty document", file=f, line=1, field="text")
+            empty.append(str(f.relative_to(path)))
+            docs[empty[-1]] = Document(id=empty[-1], text="", title="")
+            continue
         title = f.stem
         if f.suffix.lower() == ".md":
             for line in text.splitlines():
@@ -295,18 +320,21 @@ def _load_text_folder(path: Path) -> dict[str, Document]:
                     break
         doc_id = str(f.relative_to(path))
         docs[doc_id] = Document(id=doc_id, text=text, title=title)
-    if not docs:
-        raise InputError("empty corpus: no .txt or .md files", file=path)
+    if len(docs) == len(empty):
+        raise InputError("empty corpus: no .txt or .md files" if not docs else "every document is empty", file=path)
+    report_empty_documents(path, empty)
     return docs
 
 
-def load_corpus(path: str | Path, *, id_field: str = "_id", title_field: str = "title", text_field: str = "text") -> dict[str, Document]:
-    """Load documents from a BEIR folder, a JSONL/CSV/Parquet file, or a folder of .txt/.md files."""
+def load_corpus(path: str | Path, *, id_field: str = "_id", title_field: str = "title", text_field: str = "text",
+                strict: bool = False) -> dict[str, Document]:
+    """Load documents from a BEIR folder, a JSONL/CSV/Parquet file, or a folder of .txt/.md files.
+    Empty documents are kept and reported once (``strict``: an error naming the first)."""
     path = Path(path)
     if path.is_dir():
         if (path / "corpus.jsonl").is_file():
-            return load_beir_corpus(path / "corpus.jsonl")
-        return _load_text_folder(path)
+            return load_beir_corpus(path / "corpus.jsonl", strict=strict)
+        return _load_text_folder(path, strict=strict)
     if not path.exists():
         raise InputError("file not found", file=path)
     suffix = path.suffix.lower()
@@ -331,7 +359,7 @@ def load_corpus(path: str | Path, *, id_field: str = "_id", title_field: str = "
         records = _iter_parquet(path)
     else:
         raise InputError(f"unknown corpus format '{suffix}' (use .jsonl, .csv, .parquet, a BEIR folder or a folder of .txt/.md)", file=path)
-    return _records_to_documents(records, path, id_field, title_field, text_field)
+    return _records_to_documents(records, path, id_field, title_field, text_field, strict=strict)
 
 
 # --------------------------------------------------------------------------- pairs

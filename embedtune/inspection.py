@@ -37,8 +37,11 @@ def _corpus_summary(docs: dict[str, Document], tokenizer: Any, max_length: int) 
     counts = Counter(texts)
     lengths = token_lengths(texts, tokenizer)
     over = [n for n in lengths if n > max_length]
+    empty = [d.id for d in docs.values() if not d.full_text]
     return {
         "documents": len(docs),
+        "empty_documents": len(empty),
+        "empty_document_ids": empty[:10],
         "duplicate_texts": sum(c - 1 for c in counts.values() if c > 1),
         "tokens": _length_stats(lengths),
         "truncated_at_max_length": len(over),
@@ -47,13 +50,14 @@ def _corpus_summary(docs: dict[str, Document], tokenizer: Any, max_length: int) 
     }
 
 
-def inspect_path(path: str | Path, tokenizer: Any, max_length: int) -> dict[str, Any]:
-    """Summarise a BEIR folder, a corpus file/folder, or a pairs JSONL."""
+def inspect_path(path: str | Path, tokenizer: Any, max_length: int, *, strict: bool = False) -> dict[str, Any]:
+    """Summarise a BEIR folder, a corpus file/folder, or a pairs JSONL (``strict``: an empty
+    document is an error)."""
     path = Path(path)
     if not path.exists():
         raise InputError("not found", file=path)
     if path.is_dir() and (path / "corpus.jsonl").is_file():
-        docs = load_corpus(path)
+        docs = load_corpus(path, strict=strict)
         summary: dict[str, Any] = {"kind": "beir", "path": str(path), "corpus": _corpus_summary(docs, tokenizer, max_length)}
         queries_path = path / "queries.jsonl"
         if queries_path.is_file() or beir_splits(path):  # qrels without queries is an error
@@ -95,5 +99,5 @@ def inspect_path(path: str | Path, tokenizer: Any, max_length: int) -> dict[str,
                 "positive_tokens": _length_stats(plen),
                 "positives_truncated_at_max_length": sum(1 for n in plen if n > max_length),
             }
-    docs = load_corpus(path)
+    docs = load_corpus(path, strict=strict)
     return {"kind": "corpus", "path": str(path), "corpus": _corpus_summary(docs, tokenizer, max_length)}

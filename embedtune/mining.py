@@ -423,7 +423,9 @@ def load_mining_inputs(cfg: MineConfig) -> MiningInputs:
     if kind == "beir":
         pair_set = pairs_from_beir(beir_folder, splits, corpus, skip_unknown_ids=cfg.skip_unknown_ids)
         files = [beir_folder / "queries.jsonl", *(beir_folder / "qrels" / f"{s}.tsv" for s in splits)]
-    elif kind == "pairs":
+    # Empty documents (reported by load_corpus) are never a negative, a positive or a pseudo-query source.
+    corpus = {doc_id: doc for doc_id, doc in corpus.items() if doc.full_text}
+    if kind == "pairs":
         pair_set = pairs_from_jsonl(Path(source), corpus, unmatched_positives=cfg.unmatched_positives)
         files = [Path(source)]
     return MiningInputs(corpus, corpus_path.resolve(), kind, [f.resolve() for f in files], pair_set, beir_folder, splits)

@@ -160,15 +160,20 @@ def pairs_from_beir(folder: Path, splits: Sequence[str], corpus: dict[str, Docum
                 merged[did] = max(score, merged.get(did, score))
     pairs: list[MiningPair] = []
     known: dict[str, set[str]] = {}
+    empty_positives = 0
     for qid, judged in qrels.items():
         relevant = [did for did, score in judged.items() if score > 0]
         if relevant:
             known[qid] = set(relevant)
         for did in relevant:
+            if not corpus[did].full_text:  # an empty document teaches nothing: still known, never a pair
+                empty_positives += 1
+                continue
             pairs.append(MiningPair(qid, queries[qid], did, corpus[did].full_text, True, source="qrels"))
     if not pairs:
         raise InputError(f"no relevant (score > 0) judgements in split(s) {', '.join(splits)}", file=folder / "qrels")
-    stats = {"queries": len(known), "pairs": len(pairs), "skipped_qrels": skipped, "splits": list(splits)}
+    stats = {"queries": len(known), "pairs": len(pairs), "skipped_qrels": skipped, "splits": list(splits),
+             "empty_positives_skipped": empty_positives}
     return PairSet(pairs=pairs, known_positives=known, qrels=qrels, stats=stats)
 
 

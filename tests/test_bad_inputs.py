@@ -43,7 +43,6 @@ CASES = {
     "missing _id": (lambda f: lines_with(f, "corpus.jsonl", 2, '{"title": "t", "text": "x"}'), "corpus.jsonl:2: field '_id': missing"),
     "empty _id": (lambda f: lines_with(f, "corpus.jsonl", 2, '{"_id": " ", "text": "x"}'), "corpus.jsonl:2: field '_id': empty"),
     "missing text": (lambda f: lines_with(f, "corpus.jsonl", 4, '{"_id": "d4", "title": ""}'), "corpus.jsonl:4: field 'text': missing"),
-    "empty text and title": (lambda f: lines_with(f, "corpus.jsonl", 4, '{"_id": "d4", "title": "", "text": ""}'), "corpus.jsonl:4: field 'text': empty"),
     "non-string text": (lambda f: lines_with(f, "corpus.jsonl", 5, '{"_id": "d5", "text": ["a"]}'), "corpus.jsonl:5: field 'text': must be a string, got list"),
     "duplicate id": (lambda f: lines_with(f, "corpus.jsonl", 5, '{"_id": "d1", "text": "again"}'), "corpus.jsonl:5: field '_id': duplicate id 'd1' (first on line 1)"),
     "empty corpus": (lambda f: (f / "corpus.jsonl").write_text(""), "corpus.jsonl: empty corpus: no documents"),
@@ -181,3 +180,32 @@ def test_five_megabyte_document_is_truncated_with_a_warning(tmp_path, tiny_model
     passages = [json.loads(line) for line in (out / "passages.jsonl").read_text().splitlines()]
     assert sum(p["doc_id"] == "big" for p in passages) == 2000  # max_passages_per_doc
     assert any(p["doc_id"] == "small" for p in passages)
+
+
+def test_empty_documents_are_reported_and_kept(tmp_path, tiny_model_dir):
+    """A document with no title and no text loads with one warning naming it (BEIR keeps such
+    documents); --strict refuses it with a one-line error."""
+    folder = write_beir(tmp_path / "ds")
+    lines_with(folder, "corpus.jsonl", 4, '{"_id": "d4", "title": "", "text": ""}')
+    result = runner.invoke(app, ["data", "inspect", str(folder), "--model", tiny_model_dir, "--json"])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["corpus"]["documents"] == 6 and summary["corpus"]["empty_documents"] == 1
+    assert summary["corpus"]["empty_document_ids"] == ["d4"]
+    assert "1 empty document(s)" in result.stderr and "'d4'" in result.stderr
+    strict = runner.invoke(app, ["data", "inspect", str(folder), "--model", tiny_model_dir, "--strict"])
+    assert strict.exit_code == INPUT_ERROR and "corpus.jsonl:4: field 'text': empty (no title, no text)" in strict.stderr
+
+
+def test_empty_documents_are_never_mined(tmp_path):
+    """Kept in the corpus, but never a negative or a positive: a qrels row pointing at one is
+    counted, not turned into a pair."""
+    from embedtune.mining import MineConfig, load_mining_inputs
+
+    folder = write_beir(tmp_path / "ds")
+    lines_with(folder, "corpus.jsonl", 3, '{"_id": "d3", "title": "", "text": "  "}')  # judged relevant for q3 in test
+    inputs = load_mining_inputs(MineConfig(pairs=f"{folder}:test"))
+    assert "d3" not in inputs.corpus
+    assert all(p.positive_id != "d3" for p in inputs.pair_set.pairs)
+    assert inputs.pair_set.stats["empty_positives_skipped"] == 1
+    assert "d3" in inputs.pair_set.known_positives["q3"]

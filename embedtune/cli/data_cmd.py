@@ -20,15 +20,16 @@ def inspect_command(
     path: Path = typer.Argument(..., help="BEIR folder, corpus (.jsonl/.csv/.parquet/folder of .txt/.md) or pairs .jsonl."),
     model: str = typer.Option("minilm", "--model", "-m", help=MODEL_HELP + " Its tokenizer measures lengths."),
     max_length: int = typer.Option(None, "--max-length", help="Token limit to check truncation against (default: the model's)."),
+    strict: bool = typer.Option(False, "--strict", help="Refuse documents with neither title nor text (default: report them)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Counts, token-length statistics, duplicates and what the model would truncate."""
+    """Counts, token-length statistics, empty and duplicate documents, and what the model would truncate."""
     from ..inspection import inspect_path
     from ..models import load_tokenizer
 
     tokenizer, model_max = load_tokenizer(model)
-    summary = inspect_path(path, tokenizer, max_length or model_max)
+    summary = inspect_path(path, tokenizer, max_length or model_max, strict=strict)
     _print_summary(summary)
     if as_json:
         emit_json(summary)
@@ -41,6 +42,8 @@ def _print_summary(s: dict) -> None:
     if "corpus" in s:
         c = s["corpus"]
         table.add_row("documents", f"{c['documents']:,}")
+        table.add_row("empty documents (no title, no text)", f"{c['empty_documents']:,}"
+                      + (f" ({', '.join(c['empty_document_ids'][:3])}{', ...' if c['empty_documents'] > 3 else ''})" if c["empty_documents"] else ""))
         table.add_row("duplicate texts", f"{c['duplicate_texts']:,}")
         t = c["tokens"]
         table.add_row("doc tokens mean / p50 / p90 / max", f"{t['mean']:.0f} / {t['p50']:.0f} / {t['p90']:.0f} / {t['max']:,}")
