@@ -273,7 +273,9 @@ class Pipeline:
             return {}
         data = self.cfg.data
         if data.pairs is not None or not train_cfg.dev.enabled:
-            return {}  # pseudo-queries or a pairs file: no judged benchmark queries to choose on
+            # pseudo-queries or a pairs file: no judged queries to choose on (the benchmark's own
+            # dev labels would make a no-label recipe a labelled one): the fixed default weight
+            return {"fusion": cfg.fusion.model_copy(update={"bm25_weight": cfg.fusion.bm25_weight})}
         dev = make_dev_split(load_mined(self.run_dir / "mine"), train_cfg)
         return {"fusion_dev_split": data.train_split.split(",")[0], "fusion_dev_queries": sorted(dev.exclude_query_ids)}
 
