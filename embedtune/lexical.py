@@ -34,16 +34,26 @@ def bm25_scores(retriever, query: str) -> np.ndarray | None:
 
 
 def bm25_retrieve(retriever, queries: Sequence[str], k: int, *, show_progress: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Top-``k`` (row indices, scores) per query, best first: only documents that share at least
-    one term with the query (bm25s fills up to k with zero-score documents, which a lexical
-    retriever would not return)."""
+    """Top-``k`` (row indices, scores) per query, best first (ties by row): only documents that
+    share at least one term with the query (bm25s fills up to k with zero-score documents, which
+    a lexical retriever would not return).
+
+    One query at a time through ``get_scores_from_ids`` and a partial sort, not bm25s'
+    ``retrieve``: that call costs 3.5 ms of set-up per call (10,000 passages; the scoring itself
+    0.13 ms), which dominated a hybrid search of one query."""
     k = min(int(k), int(retriever.scores["num_docs"]))
-    query_tokens = _tokenize(queries, return_ids=False, show_progress=show_progress)
-    idx, scores = retriever.retrieve(query_tokens, k=k, show_progress=show_progress, n_threads=1)
     out = []
-    for row_idx, row_scores in zip(idx, scores):
-        keep = row_scores > 0
-        out.append((np.asarray(row_idx[keep], dtype=np.int64), np.asarray(row_scores[keep], dtype=np.float32)))
+    for tokens in _tokenize(queries, return_ids=False, show_progress=show_progress):
+        ids = retriever.get_tokens_ids(tokens)  # words the corpus never uses are left out
+        if not ids:
+            out.append((np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)))
+            continue
+        scores = np.asarray(retriever.get_scores_from_ids(ids), dtype=np.float32)
+        top = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
+        top = top[scores[top] > 0]
+        order = np.lexsort((top, -scores[top]))
+        rows = top[order].astype(np.int64)
+        out.append((rows, scores[rows]))
     return out
 
 
