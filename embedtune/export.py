@@ -373,7 +373,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig | Non
 
     tmp = _new_temp_dir(out_dir)
     try:
-        summary = _export_into(parts, tmp, cfg, final_dir=out_dir.resolve())
+        summary = _export_into(parts, tmp, cfg)
         summary["timings"] = {"total": time.perf_counter() - t0}
         summary["skipped"] = False
         write_manifest(
@@ -400,9 +400,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig | Non
     return summary
 
 
-def _export_into(parts: RunParts, out: Path, cfg: ExportConfig, *, final_dir: Path) -> dict[str, Any]:
-    """Write the export into ``out`` (a temp folder renamed to ``final_dir`` afterwards; the
-    snippets name ``final_dir``)."""
+def _export_into(parts: RunParts, out: Path, cfg: ExportConfig) -> dict[str, Any]:
+    """Write the export into ``out`` (a temp folder renamed into place afterwards)."""
     model_out = out / "model"
     copied = copy_model_folder(parts.model_dir, model_out, parts.root, out)
     n_weights = verify_no_pickles(model_out)
@@ -430,7 +429,7 @@ def _export_into(parts: RunParts, out: Path, cfg: ExportConfig, *, final_dir: Pa
     del exported
 
     atomic_write_text(model_out / "README.md", render_model_card(parts, summary))
-    atomic_write_text(out / "USAGE.md", render_usage(final_dir, summary))
+    atomic_write_text(out / "USAGE.md", render_usage(summary))
     for p in out.rglob("*"):  # temp files are created 0600; an export is meant to be shared
         p.chmod(0o755 if p.is_dir() else 0o644)
     summary["artifacts"] = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
@@ -749,13 +748,13 @@ def render_eval_table(metrics: dict[str, Any] | None, fingerprint: str = "") -> 
     return lines
 
 
-def render_usage(final_dir: Path, s: dict[str, Any]) -> str:
-    """USAGE.md: snippets with this export's real paths and prompts. The sentence-transformers
-    one is executed by the tests."""
-    model = str(final_dir / "model")
+def render_usage(s: dict[str, Any]) -> str:
+    """USAGE.md: snippets with this export's prompts and paths relative to the export folder (it
+    can be moved, zipped and shipped). The tests execute them from that folder."""
+    model = "model"
     qp, dp = s["prompts"]["query"], s["prompts"]["document"]
     has_index = "index" in s
-    store = str(final_dir / "index" / "passages.jsonl")
+    store = "index/passages.jsonl"
     if has_index:
         load_texts = [
             f"with open({json.dumps(store)}, encoding=\"utf-8\") as fh:",
@@ -767,7 +766,8 @@ def render_usage(final_dir: Path, s: dict[str, Any]) -> str:
     import_json = ["import json", ""] if has_index else []
     lines = [
         "# Using the exported model", "",
-        f"Model: `{model}` (sentence-transformers folder, safetensors). Vectors are L2-normalised: "
+        "Paths are relative to this folder: run the snippets from it, or put its location in front of them.", "",
+        f"Model: `{model}/` (sentence-transformers folder, safetensors). Vectors are L2-normalised: "
         "cosine similarity = inner product.",
         f"Query prompt: {('`' + qp + '`') if qp else '(none)'}; document prompt: {('`' + dp + '`') if dp else '(none)'}. "
         "Use them exactly as below, or the scores will not match the evaluation.", "",
@@ -789,13 +789,13 @@ def render_usage(final_dir: Path, s: dict[str, Any]) -> str:
             "## The exported index (embedtune)", "",
             f"`index/` holds {s['index']['count']:,} passages ({s['index']['backend']} backend) embedded with this model; "
             "its manifest points at `../model`.", "", "```bash",
-            f"embedtune search {final_dir / 'index'} \"your question\" -k 5",
-            f"embedtune search {final_dir / 'index'} --queries queries.txt --out results.jsonl   # many queries in one call",
+            "embedtune search index \"your question\" -k 5",
+            "embedtune search index --queries queries.txt --out results.jsonl   # many queries in one call",
             "```", "",
         ]
     fusion = (s.get("index") or {}).get("fusion")
     if fusion:
-        index_dir = json.dumps(str(final_dir / "index"))
+        index_dir = json.dumps("index")
         lines += [
             "## Hybrid search: BM25 fused with this model", "",
             f"`index/` also holds a BM25 index of the same passages, and `index/fusion.json` the fusion measured for "
@@ -814,7 +814,7 @@ def render_usage(final_dir: Path, s: dict[str, Any]) -> str:
             "from embedtune.integrations.llamaindex import EmbedtuneRetriever as LlamaIndexRetriever", "",
             "nodes = LlamaIndexRetriever(retriever, similarity_top_k=3).retrieve(\"what is this collection about?\")",
             "```", "",
-            f"From the command line: `embedtune search {final_dir / 'index'} \"your question\" --hybrid`.", "",
+            "From the command line: `embedtune search index \"your question\" --hybrid`.", "",
         ]
     enc = ["\"normalize_embeddings\": True"] + ([f"\"prompt\": {json.dumps(dp)}"] if dp else [])
     qenc = ["\"normalize_embeddings\": True"] + ([f"\"prompt\": {json.dumps(qp)}"] if qp else [])

@@ -155,10 +155,13 @@ def test_usage_sentence_transformers_snippet_runs(exported):
     out, _ = exported
     usage = (out / "USAGE.md").read_text()
     blocks = re.findall(r"## sentence-transformers\n\n```python\n(.*?)```", usage, re.S)
-    assert blocks and str(out.resolve() / "model") in blocks[0] and 'prompt="query: "' in blocks[0]
+    assert blocks and 'SentenceTransformer("model")' in blocks[0] and 'prompt="query: "' in blocks[0]
+    assert str(out.resolve()) not in usage  # relative paths only: the folder can be moved and shipped
+    moved = out.parent / "moved-export"
+    shutil.copytree(out, moved)  # runs from wherever the folder now is
     assert "HuggingFaceEmbeddings" in usage and "HuggingFaceEmbedding(" in usage
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-c", blocks[0]], capture_output=True, text=True, env=env, timeout=120)
+    res = subprocess.run([sys.executable, "-c", blocks[0]], capture_output=True, text=True, env=env, timeout=120, cwd=moved)
     assert res.returncode == 0, res.stderr[-2000:]
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 3 and all(re.match(r"-?\d\.\d{3}  \S", line) for line in lines)
@@ -171,7 +174,7 @@ def test_usage_langchain_snippet_runs(exported):
     usage = (out / "USAGE.md").read_text()
     block = re.findall(r"## LangChain.*?\n\n```python\n(.*?)```", usage, re.S)[0]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, env=env, timeout=120)
+    res = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, env=env, timeout=120, cwd=out)
     assert res.returncode == 0, res.stderr[-2000:]
     assert len(res.stdout.strip().splitlines()) == 3
 

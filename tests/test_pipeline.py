@@ -85,7 +85,7 @@ def check_hybrid(run_dir: Path, summary: dict) -> None:
     block = re.findall(r"## Hybrid search.*?```python\n(.*?)```", usage, re.S)[0]
     assert f"BM25 weight {chosen.bm25_weight:.2f}" in usage
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, env=env, timeout=300, cwd=run_dir / "export")
     assert res.returncode == 0, res.stderr[-2000:]
     assert len(res.stdout.strip().splitlines()) == 3
 
