@@ -110,10 +110,12 @@ def select_model(
     dev_qrels = {q: {d: 1 for d in docs} for q, docs in dev.relevant.items()}
     guards = [_guard_data(g) for g in cfg.guard]
     candidates: list[dict[str, Any]] = []
+    dev_scores: dict[float, dict[str, float]] = {}
     base_guard: dict[str, dict[str, float]] = {}
     for alpha in cfg.alphas:
         model = base_model if alpha == 0.0 else tuned_model if alpha == 1.0 else merge_models(base_model, [tuned_model], alpha)
         per_query = _per_query_ndcg(model, base, dev.queries, dev.corpus, dev_qrels)
+        dev_scores[alpha] = per_query
         cand = {"alpha": alpha, "name": _name(alpha), "dev_ndcg@10": float(np.mean(list(per_query.values()))), "guards": {}}
         for name, queries, corpus, qrels in guards:
             scores = _per_query_ndcg(model, base, queries, corpus, qrels)
@@ -127,20 +129,40 @@ def select_model(
         log.info("select: %s dev nDCG@10 %.4f%s", cand["name"], cand["dev_ndcg@10"],
                  "".join(f", {n} {g['ndcg@10']:.4f}" for n, g in cand["guards"].items()))
         candidates.append(cand)
-    qualified = [c for c in candidates if c["qualified"]]
-    # the best on dev; on a tie the one nearer the base (less moved, fewer surprises elsewhere)
-    chosen = max(qualified, key=lambda c: (round(c["dev_ndcg@10"], 6), -c["alpha"]))
-    base_dev = candidates[0]["dev_ndcg@10"]
-    if chosen["alpha"] == 0.0:
-        why = "no candidate beat the base model on dev" + (" without a significant loss on a guard" if guards else "")
-    else:
-        why = f"best on dev ({chosen['dev_ndcg@10']:.4f} vs base {base_dev:.4f})" + (", no significant loss on any guard" if guards else "")
+    chosen, why = choose_candidate(candidates, dev_scores)
+    if guards:
+        why += ", no significant loss on any guard" if chosen["alpha"] > 0.0 else " without a significant loss on a guard"
     model = base_model if chosen["alpha"] == 0.0 else tuned_model if chosen["alpha"] == 1.0 else merge_models(base_model, [tuned_model], chosen["alpha"])
     save_model_atomically(model, out / "model")
     selection = {"shipped": chosen["name"], "alpha": chosen["alpha"], "why": why, "beat_base": chosen["alpha"] > 0.0,
                  "dev": dev.description, "candidates": candidates, "seconds": round(time.perf_counter() - t0, 1)}
     atomic_write_json(out / "selection.json", selection)
     return selection
+
+
+def choose_candidate(candidates: list[dict[str, Any]], dev_scores: dict[float, dict[str, float]]) -> tuple[dict[str, Any], str]:
+    """The candidate that ships, and why.
+
+    Only a qualified candidate that beats the base on dev can ship; otherwise the base does. Of
+    those, the best on dev -- but a merge replaces the tuned model only when it is better by more
+    than the standard error of their paired per-query difference on dev: a smaller lead is noise
+    (on NFCorpus' 200 dev queries, merge 0.3469 vs tuned 0.3458), and in-domain the tuned model is
+    the better bet.
+    """
+    base = next(c for c in candidates if c["alpha"] == 0.0)
+    better = [c for c in candidates if c["qualified"] and c["alpha"] > 0.0 and c["dev_ndcg@10"] > base["dev_ndcg@10"]]
+    if not better:
+        return base, "no candidate beat the base model on dev"
+    best = max(better, key=lambda c: (c["dev_ndcg@10"], c["alpha"]))
+    tuned = next((c for c in better if c["alpha"] == 1.0), None)
+    if tuned is not None and best is not tuned:
+        qids = sorted(dev_scores[1.0])
+        diff = np.array([dev_scores[best["alpha"]][q] - dev_scores[1.0][q] for q in qids])
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+        if diff.mean() <= se:
+            return tuned, (f"best on dev within noise ({tuned['dev_ndcg@10']:.4f} vs {best['name']} {best['dev_ndcg@10']:.4f}, "
+                           f"lead {diff.mean():+.4f} <= its standard error {se:.4f}) and above base {base['dev_ndcg@10']:.4f}")
+    return best, f"best on dev ({best['dev_ndcg@10']:.4f} vs base {base['dev_ndcg@10']:.4f})"
 
 
 def _name(alpha: float) -> str:

@@ -99,3 +99,29 @@ def test_guard_benchmark_that_does_not_exist_is_a_config_error(tmp_path, tiny_mo
     result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code in (3, 4) and "nowhere" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_choose_candidate_rules():
+    from embedtune.selection import choose_candidate
+
+    def cand(alpha, scores, qualified=True):
+        return {"alpha": alpha, "name": str(alpha), "dev_ndcg@10": sum(scores) / len(scores), "qualified": qualified}
+
+    base = [0.2, 0.2, 0.2, 0.2]
+    tuned = [0.5, 0.3, 0.6, 0.4]
+    noisy_merge = [0.6, 0.2, 0.7, 0.32]  # +0.005 on average, per-query differences of +-0.1: noise
+    clear_merge = [0.6, 0.4, 0.7, 0.5]  # +0.1 on every query
+    scores = {0.0: base, 1.0: tuned, 0.5: noisy_merge}
+    as_dicts = {a: dict(enumerate(v)) for a, v in scores.items()}
+    chosen, why = choose_candidate([cand(a, v) for a, v in scores.items()], as_dicts)
+    assert chosen["alpha"] == 1.0 and "within noise" in why
+    scores[0.5] = clear_merge
+    as_dicts = {a: dict(enumerate(v)) for a, v in scores.items()}
+    chosen, _ = choose_candidate([cand(a, v) for a, v in scores.items()], as_dicts)
+    assert chosen["alpha"] == 0.5
+    # a candidate out on a guard never ships, however good on dev
+    chosen, _ = choose_candidate([cand(0.0, base), cand(1.0, tuned), cand(0.5, clear_merge, qualified=False)], as_dicts)
+    assert chosen["alpha"] == 1.0
+    # nothing above the base: the base ships
+    chosen, why = choose_candidate([cand(0.0, [0.5] * 4), cand(1.0, [0.4] * 4)], {0.0: dict(enumerate([0.5] * 4)), 1.0: dict(enumerate([0.4] * 4))})
+    assert chosen["alpha"] == 0.0 and why == "no candidate beat the base model on dev"
