@@ -230,3 +230,26 @@ window.addEventListener('load', () => {
     shot = tmp_path / "shot.png"
     subprocess.run(["chromium", *flags, f"--screenshot={shot}", "--window-size=1000,800", html_path.as_uri()], capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 5000  # something was painted
+
+
+def test_no_label_pipeline_with_select_and_hybrid(tmp_path, tiny_model_dir, monkeypatch):
+    """pairs: self (the unsupervised recipe's path): the select stage guards with held-out
+    pseudo-queries, the fusion weight stays the fixed default (never the benchmark's dev labels),
+    and the run reports hybrid rows."""
+    monkeypatch.setenv("EMBEDTUNE_CACHE", str(tmp_path / "cache"))
+    run_dir = tmp_path / "run"
+    config = pipeline_yaml(tmp_path, tiny_model_dir, run_dir, loss={"name": "margin_mse"})
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"]["pairs"] = "self"
+    cfg["mine"].update({"retriever": "hybrid", "sampling": "random", "hybrid_teacher": {"bm25_weight": 0.5},
+                        "self_pairs": {"generators": ["crop"], "pairs_per_doc": 2}})
+    (tmp_path / "bench" / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\n")  # must not be used
+    config.write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(app, ["run", str(config), "--json"])
+    assert result.exit_code in (0, 8), result.output
+    summary = last_json(result.stdout)
+    selection = json.loads((run_dir / "select" / "selection.json").read_text())
+    assert "held-out" in selection["dev"] and len(selection["candidates"]) == 4
+    assert summary["shipped"]["model"] == selection["shipped"]
+    for name in ("hybrid(base)", "hybrid(tuned)"):
+        assert summary[name]["bm25_weight"] == 0.5 and summary[name]["fusion_chosen_on"] == "fixed (no dev split)"
