@@ -72,7 +72,6 @@ class Pipeline:
         self.cfg = cfg
         self.source = source
         self.run_dir = Path(cfg.run_dir)
-        self.benchmark_dir: Path | None = None
 
     # ------------------------------------------------------------------ stage configs
 

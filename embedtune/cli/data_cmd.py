@@ -22,7 +22,7 @@ def inspect_command(
     max_length: int = typer.Option(None, "--max-length", help="Token limit to check truncation against (default: the model's)."),
     strict: bool = typer.Option(False, "--strict", help="Refuse documents with neither title nor text (default: report them)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Counts, token-length statistics, empty and duplicate documents, and what the model would truncate."""
     from ..inspection import inspect_path
@@ -69,7 +69,7 @@ def download_command(
     dest: Path = typer.Option(Path("data"), "--dest", help="Folder that receives <dest>/<name>/."),
     url: str = typer.Option(None, "--url", help="Zip URL (default: the public BEIR mirror)."),
     sha256: str = typer.Option(None, "--sha256", help="Expected sha256 of the zip; checked when given."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Download a public BEIR dataset (needs internet), verify it, and unpack it in BEIR layout."""
     from rich.progress import DownloadColumn, Progress, TransferSpeedColumn

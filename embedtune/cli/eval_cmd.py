@@ -38,7 +38,7 @@ def eval_command(
     cache_dir: Path = typer.Option(None, "--cache-dir", help="Embedding cache (default: ~/.cache/embedtune/embeddings or $EMBEDTUNE_CACHE)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results of another config in --out."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (all metrics, deltas, p-values) as the last stdout line."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Evaluate models (and BM25) on a BEIR benchmark; deltas and paired significance tests vs the first."""
     from ..config import deep_merge, load_config, read_yaml

@@ -18,7 +18,7 @@ def export_command(
     onnx: bool = typer.Option(False, "--onnx", help="Also export the transformer to ONNX (model/onnx/model.onnx), checked against torch."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing export folder."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Ship a tuned model: safetensors folder + model card, index, ONNX (optional), usage snippets."""
     from ..export import ExportConfig, export_run

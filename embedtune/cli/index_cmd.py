@@ -38,7 +38,7 @@ def build_command(
     hybrid: bool = typer.Option(None, "--hybrid/--no-hybrid", help="Also write a BM25 index of the same passages (for 'search --hybrid')."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an index of another config, model or corpus."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Split a corpus into passages, encode them and write a search index."""
     from ..config import load_config
@@ -71,7 +71,7 @@ def update_command(
     index_dir: Path = typer.Argument(..., help="Index folder made by 'embedtune index build'."),
     corpus: str = typer.Option(..., "--corpus", "-c", help="The new version of the corpus (same format and fields as the build)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Re-encode only new or changed passages, drop removed ones; the result equals a fresh build."""
     from ..index import update_index
@@ -91,7 +91,7 @@ def fusion_command(
     rrf_k: int = typer.Option(None, "--rrf-k", help="Reciprocal-rank-fusion constant (> 0)."),
     depth: int = typer.Option(None, "--depth", help="Candidates taken from each retriever."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Show or set how a hybrid index fuses its BM25 and dense rankings (fusion.json)."""
     from ..config import build_config
@@ -150,7 +150,7 @@ def search_command(
     fusion_method: str = typer.Option(None, "--fusion-method", help="zscore | minmax | rrf (default: the index's fusion.json)."),
     bm25_weight: float = typer.Option(None, "--bm25-weight", help="BM25 weight in [0, 1] for this call (default: the index's)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Ranked passages for a question (or a file of questions) from an index."""
     from ..errors import ConfigError

@@ -33,7 +33,7 @@ def mine_command(
     cache_dir: str = typer.Option(None, "--cache-dir", help="Embedding cache folder (shared with eval and index)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run folder that holds another config's results."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Mine hard negatives with positive-aware filtering (NV-Retriever) and write a dataset the trainer reads."""
     from ..config import load_config

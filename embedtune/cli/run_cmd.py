@@ -81,7 +81,7 @@ def run_command(
     from_stage: str = typer.Option(None, "--from", help=STAGE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a run folder that holds another config's run."),
     as_json: bool = typer.Option(False, "--json", help="Print base/tuned ndcg@10, p-value and wall time as one JSON line last."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Mine -> train -> index -> eval -> export from one YAML. Unchanged stages are skipped; a killed run resumes."""
     _run(config, run_dir, from_stage, overwrite, as_json)
@@ -94,7 +94,7 @@ def demo_command(
     from_stage: str = typer.Option(None, "--from", help=STAGE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start the demo over."),
     as_json: bool = typer.Option(False, "--json", help="Print base/tuned ndcg@10, p-value and wall time as one JSON line last."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """The whole pipeline on the embedded corpus (docstrings of the installed packages), packaged MiniLM, CPU."""
     if not DEMO_CONFIG.is_file():

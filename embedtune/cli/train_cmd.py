@@ -32,7 +32,7 @@ def train_command(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint in --out."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard what --out holds and start over."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Fine-tune an embedding model with a contrastive loss on mined hard negatives."""
     # Before sentence-transformers / huggingface_hub are imported: saving a model card must not
