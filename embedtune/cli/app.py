@@ -21,7 +21,7 @@ from ..errors import EmbedtuneError
 
 app = typer.Typer(
     name="embedtune",
-    help="Fine-tune a retrieval embedding model for your domain: mine -> train -> index -> eval -> export.",
+    help="Fine-tune a retrieval embedding model for your domain: mine -> train -> select -> index -> eval -> export.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

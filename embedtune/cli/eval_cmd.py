@@ -40,7 +40,7 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (all metrics, deltas, p-values) as the last stdout line."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
-    """Evaluate models (and BM25) on a BEIR benchmark; deltas and paired significance tests vs the first."""
+    """Evaluate models (and BM25, and their --hybrid fusions) on a BEIR benchmark; deltas and paired significance tests."""
     from ..config import deep_merge, load_config, read_yaml
     from ..evaluation import EvalConfig
     from ..evaluation_report import run_evaluation

@@ -80,10 +80,11 @@ def run_command(
     run_dir: str = typer.Option(None, "--run-dir", help="Override the config's run_dir."),
     from_stage: str = typer.Option(None, "--from", help=STAGE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a run folder that holds another config's run."),
-    as_json: bool = typer.Option(False, "--json", help="Print base/tuned ndcg@10, p-value and wall time as one JSON line last."),
+    as_json: bool = typer.Option(False, "--json", help="Print base/tuned/hybrid ndcg@10, CIs, p-values, what shipped and wall time as one JSON line last."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
-    """Mine -> train -> index -> eval -> export from one YAML. Unchanged stages are skipped; a killed run resumes."""
+    """Mine -> train -> select -> index -> eval -> export from one YAML. Unchanged stages are skipped; a killed run resumes.
+    Exit code 8: the run completed but nothing beat the base model (the export holds the base)."""
     _run(config, run_dir, from_stage, overwrite, as_json)
 
 
@@ -93,7 +94,7 @@ def demo_command(
     run_dir: str = typer.Option("runs/demo", "--run-dir", help="Where the demo run goes."),
     from_stage: str = typer.Option(None, "--from", help=STAGE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start the demo over."),
-    as_json: bool = typer.Option(False, "--json", help="Print base/tuned ndcg@10, p-value and wall time as one JSON line last."),
+    as_json: bool = typer.Option(False, "--json", help="Print base/tuned/hybrid ndcg@10, CIs, p-values, what shipped and wall time as one JSON line last."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """The whole pipeline on the embedded corpus (docstrings of the installed packages), packaged MiniLM, CPU."""
