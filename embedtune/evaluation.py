@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 from .config import ModelConfig, StrictModel
 from .corpus import BeirDataset, load_beir, parse_benchmark_source
 from .errors import ConfigError
-from .fusion import WEIGHT_GRID, FusionConfig, fuse_runs
+from .fusion import WEIGHT_GRID, FusionConfig, Run, fuse_runs
 
 log = logging.getLogger("embedtune")
 
@@ -293,7 +293,7 @@ def _labels(cfg: EvalConfig) -> list[str]:
     return out
 
 
-def _fusion_dev(cfg: EvalConfig, folder: Path, ds: BeirDataset) -> BeirDataset | None:
+def _fusion_dev(cfg: EvalConfig, folder: Path) -> BeirDataset | None:
     """The dev queries the fusion weight is chosen on, against the evaluated corpus."""
     split = cfg.fusion_dev_split
     if split is None and "bm25_weight" not in cfg.fusion.model_fields_set:
@@ -310,9 +310,9 @@ def _fusion_dev(cfg: EvalConfig, folder: Path, ds: BeirDataset) -> BeirDataset |
     return dev
 
 
-def _hybrid_systems(cfg: EvalConfig, folder: Path, ds: BeirDataset, dense: list[dict[str, Any]], lexical: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+def _hybrid_systems(cfg: EvalConfig, folder: Path, dense: list[dict[str, Any]], lexical: Run) -> list[dict[str, Any]]:
     """hybrid(<model>) for each dense system: its run fused with BM25's, weight chosen on dev."""
-    dev = _fusion_dev(cfg, folder, ds)
+    dev = _fusion_dev(cfg, folder)
     dev_lexical = bm25_run(dev, top_k=cfg.fusion.depth)[0] if dev is not None else None
     out = []
     for system, model_cfg in zip(dense, cfg.models):
@@ -349,7 +349,7 @@ def evaluate(cfg: EvalConfig, *, show_progress: bool = True) -> dict[str, Any]:
         run, info = bm25_run(ds, top_k=max(cfg.top_k, cfg.fusion.depth) if cfg.hybrid else cfg.top_k)
         bm25_system = {"name": "bm25", **info, "run": run}
         if cfg.hybrid:
-            systems += _hybrid_systems(cfg, folder, ds, list(systems), run)
+            systems += _hybrid_systems(cfg, folder, list(systems), run)
         if cfg.bm25:
             systems.append(bm25_system)
     for s in systems:

@@ -4,7 +4,6 @@ update, fusion.json) and `eval --hybrid`, on the tiny model."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
