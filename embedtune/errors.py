@@ -81,3 +81,9 @@ class RunDirError(EmbedtuneError):
     """A run folder was made by another config or is inconsistent."""
 
     exit_code = 7
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of a library's own message (or its type when it has none), for a one-line error."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

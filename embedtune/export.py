@@ -36,7 +36,7 @@ import numpy as np
 from pydantic import Field
 
 from .config import StrictModel
-from .errors import IndexMismatchError, ModelError, RunDirError
+from .errors import IndexMismatchError, ModelError, RunDirError, first_line
 from .io import TMP_PREFIX, atomic_write_json, atomic_write_text, atomic_write_with, sha256_file, sha256_json
 from .manifest import MANIFEST, read_manifest, stage_key, write_manifest
 from .models import PICKLE_SUFFIXES, check_model_folder, model_fingerprint
@@ -298,7 +298,7 @@ def _load_st(path: Path):
     try:
         return SentenceTransformer(str(path), device="cpu", local_files_only=True, model_kwargs={"use_safetensors": True})
     except Exception as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        msg = first_line(err)
         raise ModelError(f"cannot load model: {msg}", file=path) from None
 
 
@@ -499,7 +499,7 @@ def export_onnx(model, model_dir: Path, texts: list[str], *, opset: int = 18, mi
     except ModelError:
         raise
     except Exception as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        msg = first_line(err)
         raise ModelError(f"ONNX export failed: {msg}", file=model_dir) from None
     export_s = time.perf_counter() - t0
     min_cos = check_onnx(model, onnx_path, texts, names)

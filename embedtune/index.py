@@ -40,7 +40,7 @@ from pydantic import Field
 
 from .config import ChunkingConfig, CorpusConfig, ModelConfig, StrictModel
 from .corpus import Passage, load_corpus, split_into_passages
-from .errors import IndexMismatchError, RunDirError
+from .errors import IndexMismatchError, RunDirError, first_line
 from .io import TMP_PREFIX, atomic_write_jsonl, sha256_file, sha256_text
 from .manifest import MANIFEST, hash_path, stage_key, write_manifest
 from .models import load_model, model_info
@@ -293,7 +293,7 @@ def open_index(
     except IndexMismatchError:
         raise
     except Exception as err:  # a library's own message for a file it cannot parse
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        msg = first_line(err)
         raise IndexMismatchError(f"cannot load the vector index ({msg})", file=index_dir / SEARCHER_DIR) from None
     if len(searcher) != info.get("count"):
         raise _mismatch(f"vector index holds {len(searcher)} vectors but the manifest says {info.get('count')}", index_dir, "index.count")
@@ -329,7 +329,7 @@ def _open_bm25(index_dir: Path, passages: PassageStore) -> tuple[Any, list[str]]
         ids = json.loads((index_dir / BM25_DIR / "ids.json").read_text(encoding="utf-8"))
         retriever = load_bm25(index_dir / BM25_DIR)
     except Exception as err:  # a library's own message for a file it cannot parse
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        msg = first_line(err)
         raise IndexMismatchError(f"cannot load the BM25 index ({msg}); rebuild with --hybrid", file=index_dir / BM25_DIR) from None
     if len(ids) != len(passages) or int(retriever.scores["num_docs"]) != len(ids) or any(pid not in passages for pid in ids):
         raise _mismatch("BM25 index does not match the passage store; rebuild with --hybrid", index_dir, "bm25")

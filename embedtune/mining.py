@@ -50,7 +50,7 @@ from pydantic import Field, model_validator
 
 from .config import ModelConfig, StrictModel
 from .corpus import Document, load_corpus, parse_benchmark_source
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, first_line
 from .io import atomic_write_dir
 from .pairs import (
     PairSet,
@@ -811,7 +811,7 @@ def load_cross_encoder(cfg: CrossEncoderConfig) -> Any:
             max_length=cfg.max_length, model_kwargs={"use_safetensors": True},
         )
     except Exception as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        msg = first_line(err)
         raise ModelError(f"cannot load cross-encoder: {msg}", file=path) from None
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import ModelConfig
-from .errors import ModelError
+from .errors import ModelError, first_line
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -125,7 +125,7 @@ def load_model(cfg: ModelConfig | str) -> "SentenceTransformer":
             model_kwargs={"use_safetensors": True},
         )
     except Exception as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        msg = first_line(err)
         if "trust_remote_code" in msg:
             msg = "this model ships its own code; pass --trust-remote-code if you trust it"
         raise ModelError(f"cannot load model: {msg}", file=path) from None

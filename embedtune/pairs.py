@@ -33,7 +33,7 @@ from pydantic import Field, model_validator
 
 from .config import StrictModel
 from .corpus import Document, beir_splits, load_pairs, load_qrels, load_queries, read_jsonl
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, first_line
 
 log = logging.getLogger("embedtune")
 
@@ -440,7 +440,7 @@ class TransformersQueryGenerator:
             cls = AutoModelForSeq2SeqLM if self.kind == "seq2seq" else AutoModelForCausalLM
             self.model = cls.from_pretrained(path, local_files_only=True, use_safetensors=True, trust_remote_code=cfg.trust_remote_code)
         except Exception as err:
-            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+            msg = first_line(err)
             raise ModelError(f"cannot load query-generation model: {msg}", file=path) from None
         self.device = resolve_device(cfg.device)
         self.model.to(self.device).eval()

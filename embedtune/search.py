@@ -37,7 +37,7 @@ from typing import Any, Iterable, Literal, Sequence, get_args
 
 import numpy as np
 
-from .errors import ConfigError, IndexMismatchError, InputError
+from .errors import ConfigError, IndexMismatchError, InputError, first_line
 from .io import atomic_save_npy, atomic_write_json, atomic_write_with
 
 log = logging.getLogger("embedtune")
@@ -366,7 +366,7 @@ class ExactSearcher(Searcher):
                 )
                 header_len = fh.tell()
         except (ValueError, OSError, EOFError) as err:
-            raise IndexMismatchError(f"not a readable .npy file ({_first_line(err)})", file=path) from None
+            raise IndexMismatchError(f"not a readable .npy file ({first_line(err)})", file=path) from None
         if tuple(shape) != expected or fortran or dtype != self._dtype:
             raise IndexMismatchError(
                 f"holds a {'x'.join(map(str, shape))} {dtype} array, searcher.json says {expected[0]}x{expected[1]} {self._dtype}",
@@ -516,7 +516,7 @@ class FaissIVFSearcher(FaissSearcher):
         try:
             labels = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
-            raise IndexMismatchError(f"not a readable .npy file ({_first_line(err)})", file=path) from None
+            raise IndexMismatchError(f"not a readable .npy file ({first_line(err)})", file=path) from None
         if labels.shape != (meta["count"],) or labels.dtype != np.int64 or np.any(np.diff(labels) <= 0):
             raise IndexMismatchError(f"label map does not match the {meta['count']} vectors of searcher.json", file=path)
         self._labels = labels
@@ -679,22 +679,17 @@ def _read_json(path: Path) -> Any:
     except FileNotFoundError:
         raise IndexMismatchError("file is missing", file=path) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise IndexMismatchError(f"cannot read JSON ({_first_line(err)})", file=path) from None
+        raise IndexMismatchError(f"cannot read JSON ({first_line(err)})", file=path) from None
 
 
 def _read_faiss_index(faiss, path: Path, count: int, dim: int):
     try:
         index = faiss.read_index(str(path))
     except RuntimeError as err:
-        raise IndexMismatchError(f"faiss cannot read the index ({_first_line(err)})", file=path) from None
+        raise IndexMismatchError(f"faiss cannot read the index ({first_line(err)})", file=path) from None
     if index.ntotal != count or index.d != dim:
         raise IndexMismatchError(f"holds {index.ntotal} vectors of dimension {index.d}, searcher.json says {count} of {dim}", file=path)
     return index
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 __all__ = ["BACKENDS", "BackendName", "Searcher", "exact_search", "load_searcher", "make_searcher"]
