@@ -336,6 +336,11 @@ def _open_bm25(index_dir: Path, passages: PassageStore) -> tuple[Any, list[str]]
     return retriever, ids
 
 
+def missing_bm25_error(index_dir: Path) -> IndexMismatchError:
+    return IndexMismatchError("index has no BM25 part for hybrid search; rebuild it with 'embedtune index build --hybrid' "
+                              "(the passages' embeddings come from the cache)", file=index_dir)
+
+
 def read_fusion(index_dir: str | Path) -> FusionConfig:
     """The fusion settings of a hybrid index (``fusion.json``)."""
     from .config import build_config
@@ -357,8 +362,7 @@ def write_fusion(index_dir: str | Path, fusion: FusionConfig, *, chosen_on: dict
 
     index_dir = Path(index_dir)
     if not (index_dir / BM25_DIR).is_dir():
-        raise IndexMismatchError("index has no BM25 part; rebuild it with 'embedtune index build --hybrid' "
-                                 "(the passages' embeddings come from the cache)", file=index_dir)
+        raise missing_bm25_error(index_dir)
     path = index_dir / FUSION_FILE
     atomic_write_json(path, {"fusion": fusion.model_dump(mode="json"), "chosen_on": chosen_on or {"source": "default"}})
     return path
@@ -384,8 +388,7 @@ def query_index(
     if index.model is None:
         raise IndexMismatchError("index was opened without a query model", file=index.path)
     if hybrid and index.lexical is None:
-        raise IndexMismatchError("index has no BM25 part for --hybrid; rebuild it with 'embedtune index build --hybrid' "
-                                 "(the passages' embeddings come from the cache)", file=index.path)
+        raise missing_bm25_error(index.path)
     if not queries:
         return []
     k = max(1, min(int(k), index.count))

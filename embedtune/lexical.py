@@ -33,26 +33,25 @@ def bm25_scores(retriever, query: str) -> np.ndarray | None:
     return retriever.get_scores_from_ids(ids) if ids else None
 
 
-def bm25_retrieve(retriever, queries: Sequence[str], k: int, *, show_progress: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+def bm25_retrieve(retriever, queries: Sequence[str], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Top-``k`` (row indices, scores) per query, best first (ties by row): only documents that
     share at least one term with the query (bm25s fills up to k with zero-score documents, which
     a lexical retriever would not return).
 
-    One query at a time through ``get_scores_from_ids`` and a partial sort, not bm25s'
-    ``retrieve``: that call costs 3.5 ms of set-up per call (10,000 passages; the scoring itself
-    0.13 ms), which dominated a hybrid search of one query."""
+    One query at a time through :func:`bm25_scores` and a partial sort, not bm25s' ``retrieve``:
+    that call costs 3.5 ms of set-up per call (10,000 passages; the scoring itself 0.13 ms),
+    which dominated a hybrid search of one query."""
     k = min(int(k), int(retriever.scores["num_docs"]))
     out = []
-    for tokens in _tokenize(queries, return_ids=False, show_progress=show_progress):
-        ids = retriever.get_tokens_ids(tokens)  # words the corpus never uses are left out
-        if not ids:
+    for query in queries:
+        scores = bm25_scores(retriever, query)
+        if scores is None:
             out.append((np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)))
             continue
-        scores = np.asarray(retriever.get_scores_from_ids(ids), dtype=np.float32)
+        scores = np.asarray(scores, dtype=np.float32)
         top = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
         top = top[scores[top] > 0]
-        order = np.lexsort((top, -scores[top]))
-        rows = top[order].astype(np.int64)
+        rows = top[np.lexsort((top, -scores[top]))].astype(np.int64)
         out.append((rows, scores[rows]))
     return out
 
@@ -80,5 +79,5 @@ def bm25_search(
     """Top-``k`` BM25 documents per query: (scores, ids) per query, best first (see
     :func:`bm25_retrieve`)."""
     retriever = bm25_index(doc_texts, show_progress=show_progress)
-    found = bm25_retrieve(retriever, queries, k, show_progress=show_progress)
+    found = bm25_retrieve(retriever, queries, k)
     return [scores for _, scores in found], [[doc_ids[int(i)] for i in rows] for rows, _ in found]

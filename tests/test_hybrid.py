@@ -122,6 +122,8 @@ def test_hybrid_search_on_a_dense_only_index_says_how_to_fix_it(tmp_path, tiny_m
 
     result = CliRunner().invoke(app, ["search", str(out), "salt", "--hybrid"])
     assert result.exit_code == 6 and "index build --hybrid" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["index", "fusion", str(out), "--bm25-weight", "0.3"])
+    assert result.exit_code == 6 and "index build --hybrid" in result.output and not (out / "fusion.json").exists()
     result = CliRunner().invoke(app, ["search", str(out), "salt", "--bm25-weight", "1.5"])
     assert result.exit_code == 4 and "bm25_weight" in result.output
 

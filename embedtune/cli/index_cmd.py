@@ -95,11 +95,11 @@ def fusion_command(
 ) -> None:
     """Show or set how a hybrid index fuses its BM25 and dense rankings (fusion.json)."""
     from ..config import build_config
-    from ..index import open_index, read_fusion, write_fusion
+    from ..index import missing_bm25_error, open_index, read_fusion, write_fusion
 
     index = open_index(index_dir, load_query_model=False)
     if index.lexical is None:
-        write_fusion(index_dir, read_fusion(index_dir))  # raises: no BM25 part, with the command that adds one
+        raise missing_bm25_error(index_dir)
     changes = _without_none({"method": method, "bm25_weight": bm25_weight, "rrf_k": rrf_k, "depth": depth})
     fusion = read_fusion(index_dir)
     if changes:
