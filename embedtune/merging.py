@@ -46,6 +46,11 @@ def check_mergeable(base: "SentenceTransformer", others: list["SentenceTransform
             raise ModelError("cannot merge: the models have different tokenizers (vocabularies differ)", file=name)
 
 
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha must be in [0, 1], got {alpha}", field="alpha")
+
+
 def merge_models(base: "SentenceTransformer", tuned: list["SentenceTransformer"], alpha: float,
                  names: list[str] | None = None) -> "SentenceTransformer":
     """A new model: ``base`` moved ``alpha`` of the way to the mean of ``tuned`` (same
@@ -55,8 +60,7 @@ def merge_models(base: "SentenceTransformer", tuned: list["SentenceTransformer"]
 
     import torch
 
-    if not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"alpha must be in [0, 1], got {alpha}", field="alpha")
+    _check_alpha(alpha)
     if not tuned:
         raise ConfigError("give at least one tuned model to merge with the base", field="models")
     check_mergeable(base, tuned, names or [f"model[{i}]" for i in range(len(tuned))])
@@ -79,8 +83,7 @@ def merge_folders(base: ModelConfig, tuned: list[ModelConfig], alpha: float, out
     from .models import load_model
     from .io import save_model_atomically
 
-    if not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"alpha must be in [0, 1], got {alpha}", field="alpha")  # before loading anything
+    _check_alpha(alpha)  # before loading anything
     base_model = load_model(base)
     models = [load_model(m) for m in tuned]
     merged = merge_models(base_model, models, alpha, [m.name for m in tuned])

@@ -112,8 +112,12 @@ def select_model(
     candidates: list[dict[str, Any]] = []
     dev_scores: dict[float, dict[str, float]] = {}
     base_guard: dict[str, dict[str, float]] = {}
+
+    def candidate(alpha: float) -> "SentenceTransformer":
+        return base_model if alpha == 0.0 else tuned_model if alpha == 1.0 else merge_models(base_model, [tuned_model], alpha)
+
     for alpha in cfg.alphas:
-        model = base_model if alpha == 0.0 else tuned_model if alpha == 1.0 else merge_models(base_model, [tuned_model], alpha)
+        model = candidate(alpha)
         per_query = _per_query_ndcg(model, base, dev.queries, dev.corpus, dev_qrels)
         dev_scores[alpha] = per_query
         cand = {"alpha": alpha, "name": _name(alpha), "dev_ndcg@10": float(np.mean(list(per_query.values()))), "guards": {}}
@@ -132,8 +136,7 @@ def select_model(
     chosen, why = choose_candidate(candidates, dev_scores)
     if guards:
         why += ", no significant loss on any guard" if chosen["alpha"] > 0.0 else " without a significant loss on a guard"
-    model = base_model if chosen["alpha"] == 0.0 else tuned_model if chosen["alpha"] == 1.0 else merge_models(base_model, [tuned_model], chosen["alpha"])
-    save_model_atomically(model, out / "model")
+    save_model_atomically(candidate(chosen["alpha"]), out / "model")
     selection = {"shipped": chosen["name"], "alpha": chosen["alpha"], "why": why, "beat_base": chosen["alpha"] > 0.0,
                  "dev": dev.description, "candidates": candidates, "seconds": round(time.perf_counter() - t0, 1)}
     atomic_write_json(out / "selection.json", selection)
