@@ -72,6 +72,7 @@ class Pipeline:
         self.cfg = cfg
         self.source = source
         self.run_dir = Path(cfg.run_dir)
+        self._dev = None  # the training's dev split, once mining has run (see _dev_split)
 
     # ------------------------------------------------------------------ stage configs
 
@@ -225,11 +226,9 @@ class Pipeline:
             return train_model(cfg, self.run_dir / "mine", out, resume=not rerun, overwrite=rerun, progress=progress)
         if stage == "select":
             from .selection import run_selection
-            from .training import load_mined, make_dev_split
 
-            configs = self.validate()
-            dev = make_dev_split(load_mined(self.run_dir / "mine"), configs["train"])
-            return run_selection(cfg, configs["train"].model, self.run_dir / "train", dev, out, overwrite=rerun)
+            train_cfg = self.validate()["train"]
+            return run_selection(cfg, train_cfg.model, self.run_dir / "train", self._dev_split(), out, overwrite=rerun)
         if stage == "index":
             from .index import build_index
 
@@ -249,6 +248,16 @@ class Pipeline:
         return {"data": str(bench), "split": split, "models": [model, tuned], "labels": ["base", "tuned"], "bm25": self.cfg.bm25,
                 "hybrid": self.cfg.hybrid}
 
+    def _dev_split(self):
+        """The training's dev split (seeded, so the same queries training held out), made once per
+        run: the select stage scores candidates on it and the eval stage chooses the fusion weight
+        on its queries."""
+        if self._dev is None:
+            from .training import load_mined, make_dev_split
+
+            self._dev = make_dev_split(load_mined(self.run_dir / "mine"), self.validate()["train"])
+        return self._dev
+
     def shipped(self) -> str:
         """'base', 'tuned' or 'merged(alpha=...)': what the select stage chose."""
         import json
@@ -261,7 +270,6 @@ class Pipeline:
         evaluated benchmark, else the training queries it held out; nothing (a fixed weight)
         when the training data has no labelled queries of the benchmark."""
         from .corpus import parse_benchmark_source
-        from .training import load_mined, make_dev_split
 
         train_cfg = self.validate()["train"]
         bench, _ = self._benchmark()
@@ -275,8 +283,7 @@ class Pipeline:
             # pseudo-queries or a pairs file: no judged queries to choose on (the benchmark's own
             # dev labels would make a no-label recipe a labelled one): the fixed default weight
             return {"fusion": cfg.fusion.model_copy(update={"bm25_weight": cfg.fusion.bm25_weight})}
-        dev = make_dev_split(load_mined(self.run_dir / "mine"), train_cfg)
-        return {"fusion_dev_split": data.train_split.split(",")[0], "fusion_dev_queries": sorted(dev.exclude_query_ids)}
+        return {"fusion_dev_split": data.train_split.split(",")[0], "fusion_dev_queries": sorted(self._dev_split().exclude_query_ids)}
 
     def _run_eval(self, cfg: StrictModel, out: Path, *, rerun: bool, progress: bool) -> dict[str, Any]:
         from .evaluation_report import run_evaluation
@@ -327,17 +334,14 @@ def headline(run_dir: str | Path) -> dict[str, Any]:
         out["delta_ndcg@10"], out["p_value"], out["ci95"] = d["delta"], d["p_value"], d["ci95"]
         out["ndcg@10"] = out["tuned"]["ndcg@10"]
         out["wins_ties_losses"] = summary["wins_ties_losses"]["tuned"]
-        if "merged" in models:
-            d = summary["deltas"]["merged"]["ndcg@10"]
-            out["merged"] = {"ndcg@10": models["merged"]["ndcg@10"], "recall@100": models["merged"]["recall@100"],
-                             "delta_vs_base": d["delta"], "ci95": d["ci95"], "p_value": d["p_value"]}
-        for name in ("hybrid(base)", "hybrid(tuned)", "hybrid(merged)"):
+        for name in ("merged", "hybrid(base)", "hybrid(tuned)", "hybrid(merged)"):
             if name in models:
                 d = summary["deltas"][name]["ndcg@10"]
                 out[name] = {"ndcg@10": models[name]["ndcg@10"], "recall@100": models[name]["recall@100"],
-                             "delta_vs_base": d["delta"], "ci95": d["ci95"], "p_value": d["p_value"],
-                             "bm25_weight": summary["fusion"][name]["config"]["bm25_weight"],
-                             "fusion_chosen_on": summary["fusion"][name]["source"]}
+                             "delta_vs_base": d["delta"], "ci95": d["ci95"], "p_value": d["p_value"]}
+                if name in summary.get("fusion", {}):
+                    out[name] |= {"bm25_weight": summary["fusion"][name]["config"]["bm25_weight"],
+                                  "fusion_chosen_on": summary["fusion"][name]["source"]}
         for name, d in summary.get("deltas_vs", {}).get("hybrid(base)", {}).items():
             if name in ("tuned", "merged", "hybrid(tuned)", "hybrid(merged)"):
                 r = d["ndcg@10"]
