@@ -569,22 +569,22 @@ def _export_index(parts: RunParts, dst: Path, fingerprint: str, skipped: list[st
         if sha256_file(d) != expected.get("sha256"):
             raise IndexMismatchError("index file differs from its manifest (corrupt or changed after the build)", file=s)
     skipped.extend(f"index/{s}" for s in log_.skipped)
+    fusion = None
     if (src / "bm25").is_dir():
         from .index import read_fusion, write_fusion
 
         # the fusion settings are not hashed (a setting): validated here, then written afresh
-        write_fusion(dst, read_fusion(src), chosen_on=_read_json(src / "fusion.json", "fusion settings").get("chosen_on")
-                     if (src / "fusion.json").is_file() else None)
+        fusion = read_fusion(src)
+        chosen_on = _read_json(src / "fusion.json", "fusion settings").get("chosen_on") if (src / "fusion.json").is_file() else None
+        write_fusion(dst, fusion, chosen_on=chosen_on)
     info = {**info, "model_path": "../model"}
     manifest["index"] = info
     if isinstance(manifest.get("models"), dict) and isinstance(manifest["models"].get("embedding"), dict):
         manifest["models"] = {**manifest["models"], "embedding": {**manifest["models"]["embedding"], "path": "../model"}}
     atomic_write_json(dst / MANIFEST, manifest)
     out = {"count": info.get("count"), "backend": info.get("backend"), "dim": info.get("dim"), "files": len(log_.copied)}
-    if (dst / "fusion.json").is_file():
-        from .index import read_fusion
-
-        out["fusion"] = read_fusion(dst).model_dump(mode="json")
+    if fusion is not None:
+        out["fusion"] = fusion.model_dump(mode="json")
     return out
 
 
