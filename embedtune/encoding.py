@@ -119,8 +119,13 @@ def encode_texts(
     batch_size: int = 64,
     precision: str = "auto",
     show_progress: bool = True,
+    task: str = "document",
 ) -> np.ndarray:
-    """Encode ``texts`` (with ``prompt`` prepended) into an (n, dim) float32 array of unit vectors."""
+    """Encode ``texts`` (with ``prompt`` prepended) into an (n, dim) float32 array of unit vectors.
+
+    ``task`` ("query" or "document") picks the route of an asymmetric model (a query-side model
+    of :mod:`embedtune.query_adapter`); an ordinary model ignores it.
+    """
     dim = model.get_embedding_dimension()
     if len(texts) == 0:
         return np.zeros((0, dim), dtype=np.float32)
@@ -133,6 +138,7 @@ def encode_texts(
         normalize_embeddings=True,
         convert_to_numpy=True,
         show_progress_bar=show_progress,
+        task=task,
     )
     vectors = np.array(vectors, dtype=np.float32, order="C")
     if precision != "fp32":
@@ -152,15 +158,21 @@ def corpus_hash(ids: Sequence[str], texts: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def cache_key(model: "SentenceTransformer", model_cfg: ModelConfig, ids: Sequence[str], texts: Sequence[str], *, prompt: str | None = None) -> str:
-    """Hash of everything that decides the vectors; ``prompt`` defaults to the document prompt."""
-    fingerprint = getattr(model, "embedtune_fingerprint", None)
-    if fingerprint is None:
+def cache_key(model: "SentenceTransformer", model_cfg: ModelConfig, ids: Sequence[str], texts: Sequence[str], *,
+              task: str = "document") -> str:
+    """Hash of everything that decides the vectors of ``task`` ("document" or "query") texts.
+
+    Documents are keyed by the document encoder's fingerprint: a query-side model shares its
+    base model's cached corpus vectors (they are the same vectors), so it never re-encodes them.
+    """
+    from .models import document_fingerprint
+
+    if getattr(model, "embedtune_fingerprint", None) is None:
         raise ValueError("model was not loaded with embedtune.models.load_model (no fingerprint)")
     parts = {
         "format": CACHE_FORMAT,
-        "model": fingerprint,
-        "prompt": model_cfg.document_prompt if prompt is None else prompt,
+        "model": document_fingerprint(model) if task == "document" else model.embedtune_fingerprint,
+        "prompt": model_cfg.document_prompt if task == "document" else model_cfg.query_prompt,
         "max_seq_length": model.max_seq_length,
         "precision": resolve_precision(model_cfg.precision, model_device(model)),
         "corpus": corpus_hash(ids, texts),
@@ -170,13 +182,11 @@ def cache_key(model: "SentenceTransformer", model_cfg: ModelConfig, ids: Sequenc
 
 def cache_path(
     model: "SentenceTransformer", model_cfg: ModelConfig, ids: Sequence[str], texts: Sequence[str],
-    cache_dir: str | Path | None = None, *, prompt: str | None = None,
+    cache_dir: str | Path | None = None, *, task: str = "document",
 ) -> Path:
-    """Where the embeddings of these texts under this model and settings are (or would be) cached.
-
-    ``prompt`` defaults to the model's document prompt (a corpus); pass the query prompt for queries.
-    """
-    key = cache_key(model, model_cfg, ids, texts, prompt=prompt)
+    """Where the embeddings of these texts (a corpus, or ``task="query"`` queries) under this
+    model and settings are (or would be) cached."""
+    key = cache_key(model, model_cfg, ids, texts, task=task)
     return (Path(cache_dir) if cache_dir else default_cache_dir()) / key[:2] / f"{key}.npy"
 
 
@@ -190,7 +200,7 @@ def encode_corpus(
     show_progress: bool = True,
 ) -> np.ndarray:
     """Corpus embeddings (float32, unit length, memory-mapped) from the cache, or encoded and cached."""
-    return _encode_cached(model, model_cfg, ids, texts, model_cfg.document_prompt, cache_dir, show_progress, "corpus")
+    return _encode_cached(model, model_cfg, ids, texts, "document", cache_dir, show_progress)
 
 
 def encode_queries(
@@ -206,14 +216,16 @@ def encode_queries(
 
     For fixed benchmark queries (evaluation): re-running an evaluation then encodes nothing.
     """
-    return _encode_cached(model, model_cfg, ids, texts, model_cfg.query_prompt, cache_dir, show_progress, "query")
+    return _encode_cached(model, model_cfg, ids, texts, "query", cache_dir, show_progress)
 
 
 def _encode_cached(
     model: "SentenceTransformer", model_cfg: ModelConfig, ids: Sequence[str], texts: Sequence[str],
-    prompt: str, cache_dir: str | Path | None, show_progress: bool, what: str,
+    task: str, cache_dir: str | Path | None, show_progress: bool,
 ) -> np.ndarray:
-    path = cache_path(model, model_cfg, ids, texts, cache_dir, prompt=prompt)
+    what = "corpus" if task == "document" else "query"
+    prompt = model_cfg.document_prompt if task == "document" else model_cfg.query_prompt
+    path = cache_path(model, model_cfg, ids, texts, cache_dir, task=task)
     dim = model.get_embedding_dimension()
     if path.is_file():
         try:
@@ -226,7 +238,7 @@ def _encode_cached(
         log.warning("ignoring unreadable cache entry %s", path)
     vectors = encode_texts(
         model, texts, prompt=prompt, batch_size=model_cfg.batch_size,
-        precision=model_cfg.precision, show_progress=show_progress,
+        precision=model_cfg.precision, show_progress=show_progress, task=task,
     )
     _remove_stale_temp_files(path.parent)
     atomic_save_npy(path, vectors)

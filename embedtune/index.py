@@ -43,7 +43,7 @@ from .corpus import Passage, load_corpus, split_into_passages
 from .errors import IndexMismatchError, RunDirError, first_line
 from .io import TMP_PREFIX, atomic_write_jsonl, sha256_file, sha256_text
 from .manifest import MANIFEST, hash_path, stage_key, write_manifest
-from .models import load_model, model_info
+from .models import document_fingerprint, load_model, model_info
 from .fusion import FusionConfig, fuse_scores
 from .search import BackendName
 
@@ -261,8 +261,19 @@ def check_model_matches(index_dir: Path, manifest: dict[str, Any], model: "Sente
     dim = model.get_embedding_dimension()
     if dim != info.get("dim"):
         raise _mismatch(f"model '{name}' gives {dim}-dim vectors but the index holds {info.get('dim')}-dim vectors", index_dir, "index.dim")
+    documents = info.get("document_encoder_sha256") or info.get("model_sha256")  # older manifests: one model
+    if getattr(model, "embedtune_query_side", None):
+        # a query-side model serves any index of the document encoder it was trained against
+        if document_fingerprint(model) != documents:
+            raise _mismatch(
+                f"query-side model '{name}' was trained against the document encoder with fingerprint "
+                f"{document_fingerprint(model)[:12]}, but this index's vectors come from '{info.get('model')}' "
+                f"(fingerprint {str(documents)[:12]}): rebuild the index with that encoder or train against this one",
+                index_dir, "index.document_encoder_sha256",
+            )
+        return
     fingerprint = getattr(model, "embedtune_fingerprint", None)
-    if fingerprint != info.get("model_sha256"):
+    if fingerprint not in (info.get("model_sha256"), documents):
         raise _mismatch(
             f"model '{name}' (weights fingerprint {str(fingerprint)[:12]}) is not the model the index was built with "
             f"('{info.get('model')}', fingerprint {str(info.get('model_sha256'))[:12]})",
@@ -396,7 +407,7 @@ def query_index(
     t0 = time.perf_counter()
     vectors = encoding.encode_texts(
         index.model, list(queries), prompt=index.model_cfg.query_prompt, batch_size=index.model_cfg.batch_size,
-        precision=index.model_cfg.precision, show_progress=show_progress,
+        precision=index.model_cfg.precision, show_progress=show_progress, task="query",
     )
     t1 = time.perf_counter()
     ranked = ranked_search(index.searcher, vectors, k, lexical=(index.lexical, index.lexical_ids, list(queries)) if hybrid else None,
@@ -468,6 +479,9 @@ def _index_info(cfg: IndexConfig, model: "SentenceTransformer", backend: str, co
         "model": cfg.model.name,
         "model_path": mi["path"],
         "model_sha256": mi["sha256"],
+        # where the vectors come from: the model itself, or the base encoder of a query-side model
+        "document_encoder_sha256": document_fingerprint(model),
+        "query_side": bool(getattr(model, "embedtune_query_side", None)),
         "query_prompt": cfg.model.query_prompt,
         "document_prompt": cfg.model.document_prompt,
         "max_seq_length": mi["max_seq_length"],

@@ -129,6 +129,11 @@ def save_model_atomically(model: Any, model_dir: Path) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save(str(tmp), safe_serialization=True)
+    record = getattr(model, "embedtune_query_side", None)
+    if record:  # sentence-transformers saves its modules only
+        from .models import QUERY_SIDE_FILE
+
+        atomic_write_json(tmp / QUERY_SIDE_FILE, record)
     old = None
     if model_dir.exists():
         old = model_dir.parent / f"{TMP_PREFIX}{model_dir.name}-old-{os.getpid()}"

@@ -919,7 +919,7 @@ def mine_hard_negatives(
     query_texts = [query_text[q] for q in query_ids]
     query_emb = encode_texts(
         model, query_texts, prompt=cfg.model.query_prompt, batch_size=cfg.model.batch_size,
-        precision=cfg.model.precision, show_progress=show_progress,
+        precision=cfg.model.precision, show_progress=show_progress, task="query",
     )
     generated = [p.positive for p in pair_set.pairs if not p.positive_in_pool]
     generated_emb = None

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("embedtune")
 
 ALIASES = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+# In a query-side model's folder (embedtune.query_adapter): which document encoder its queries
+# were trained against. Its documents are that encoder's vectors, so indexes and cached
+# embeddings of that encoder stay valid.
+QUERY_SIDE_FILE = "query_side.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
@@ -133,7 +137,33 @@ def load_model(cfg: ModelConfig | str) -> "SentenceTransformer":
         model.max_seq_length = cfg.max_seq_length
     model.embedtune_path = str(path)  # where it came from, for manifests
     model.embedtune_fingerprint = model_fingerprint(path)
+    model.embedtune_query_side = read_query_side(path)
     return model
+
+
+def read_query_side(path: str | Path) -> dict | None:
+    """The query-side record of a model folder (None for an ordinary model), checked."""
+    import json
+
+    file = Path(path) / QUERY_SIDE_FILE
+    if not file.is_file():
+        return None
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+        sha = record["document_encoder"]["sha256"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ModelError("expected {\"document_encoder\": {\"sha256\": ...}, ...}", file=file, field="document_encoder.sha256") from None
+    if not isinstance(sha, str) or len(sha) != 64:
+        raise ModelError("not a sha256 fingerprint", file=file, field="document_encoder.sha256")
+    return record
+
+
+def document_fingerprint(model: "SentenceTransformer") -> str:
+    """The fingerprint of the encoder that makes this model's document vectors: its own, or for
+    a query-side model the document encoder it was trained against (documents go through that
+    encoder unchanged). Indexes and the embedding cache are keyed by it."""
+    record = getattr(model, "embedtune_query_side", None)
+    return record["document_encoder"]["sha256"] if record else model.embedtune_fingerprint
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -155,6 +185,8 @@ def model_info(cfg: ModelConfig, model: "SentenceTransformer | None" = None) -> 
         "document_prompt": cfg.document_prompt,
     }
     if model is not None:
+        if getattr(model, "embedtune_query_side", None):
+            info["query_side"] = model.embedtune_query_side
         info["max_seq_length"] = model.max_seq_length
         info["dim"] = model.get_embedding_dimension()
     return info

@@ -64,17 +64,23 @@ class SelectConfig(StrictModel):
 
 
 def _per_query_ndcg(model: "SentenceTransformer", cfg: ModelConfig, queries: dict[str, str], corpus: dict[str, str],
-                    qrels: dict[str, dict[str, int]]) -> dict[str, float]:
+                    qrels: dict[str, dict[str, int]], doc_vectors: dict[int, np.ndarray] | None = None) -> dict[str, float]:
+    """Per-query nDCG@10. ``doc_vectors`` (given for the base and query-side candidates, whose
+    documents all go through the base encoder) keeps the corpus vectors by corpus: encoded once."""
     from .encoding import encode_texts
     from .evaluation import compute_metrics
     from .search import exact_search
 
     doc_ids = list(corpus)
-    docs = encode_texts(model, [corpus[d] for d in doc_ids], prompt=cfg.document_prompt, batch_size=cfg.batch_size,
-                        precision=cfg.precision, show_progress=False)
+    docs = None if doc_vectors is None else doc_vectors.get(id(corpus))
+    if docs is None:
+        docs = encode_texts(model, [corpus[d] for d in doc_ids], prompt=cfg.document_prompt, batch_size=cfg.batch_size,
+                            precision=cfg.precision, show_progress=False)
+        if doc_vectors is not None:
+            doc_vectors[id(corpus)] = docs
     qids = list(queries)
     qv = encode_texts(model, [queries[q] for q in qids], prompt=cfg.query_prompt, batch_size=cfg.batch_size,
-                      precision=cfg.precision, show_progress=False)
+                      precision=cfg.precision, show_progress=False, task="query")
     scores, idx = exact_search(qv, docs, min(100, len(doc_ids)))
     run = {q: {doc_ids[j]: float(s) for s, j in zip(scores[i], idx[i])} for i, q in enumerate(qids)}
     return compute_metrics(qrels, run, only=("ndcg@10",))["ndcg@10"]
@@ -102,6 +108,7 @@ def select_model(
     from .io import atomic_write_json, save_model_atomically
     from .merging import merge_models
     from .models import load_model
+    from .query_adapter import interpolate_adapter
 
     out = Path(out_dir)
     t0 = time.perf_counter()
@@ -113,16 +120,24 @@ def select_model(
     dev_scores: dict[float, dict[str, float]] = {}
     base_guard: dict[str, dict[str, float]] = {}
 
+    # a query-side model merges with its base by scaling its adapter toward the identity; its
+    # documents, like the base's, are the base encoder's: encoded once for all such candidates
+    query_side = bool(getattr(tuned_model, "embedtune_query_side", None))
+    base_docs: dict[int, np.ndarray] = {}  # id(corpus) -> vectors; the corpora live as long as this call
+
     def candidate(alpha: float) -> "SentenceTransformer":
-        return base_model if alpha == 0.0 else tuned_model if alpha == 1.0 else merge_models(base_model, [tuned_model], alpha)
+        if alpha in (0.0, 1.0):
+            return base_model if alpha == 0.0 else tuned_model
+        return interpolate_adapter(tuned_model, alpha) if query_side else merge_models(base_model, [tuned_model], alpha)
 
     for alpha in cfg.alphas:
         model = candidate(alpha)
-        per_query = _per_query_ndcg(model, base, dev.queries, dev.corpus, dev_qrels)
+        shared = base_docs if alpha == 0.0 or query_side else None
+        per_query = _per_query_ndcg(model, base, dev.queries, dev.corpus, dev_qrels, shared)
         dev_scores[alpha] = per_query
         cand = {"alpha": alpha, "name": _name(alpha), "dev_ndcg@10": float(np.mean(list(per_query.values()))), "guards": {}}
         for name, queries, corpus, qrels in guards:
-            scores = _per_query_ndcg(model, base, queries, corpus, qrels)
+            scores = _per_query_ndcg(model, base, queries, corpus, qrels, shared)
             if alpha == 0.0:
                 base_guard[name] = scores
             qids = sorted(scores)

@@ -123,6 +123,11 @@ class TrainConfig(StrictModel):
     keep_checkpoints: bool = Field(False, description="Keep DIR/checkpoints after the final model is saved.")
     logging_steps: int = Field(10, gt=0)
     rounds: int = Field(1, ge=1, le=5, description="ANCE-style: re-mine negatives with the tuned model and train again.")
+    side: Literal["both", "query"] = Field(
+        "both", description="both: fine-tune the encoder (documents must be re-encoded). query: train a linear adapter on "
+        "the query embedding only; documents keep the base model's vectors, so existing indexes stay valid "
+        "(embedtune.query_adapter; loss mnrl over the whole corpus, best epoch on dev).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -130,6 +135,8 @@ class TrainConfig(StrictModel):
             raise ValueError("loss margin_mse needs negatives_per_query >= 1")
         if self.loss.name == "gist" and self.negatives_per_query > 1:
             raise ValueError("loss gist takes (query, positive) pairs or one hard negative: set negatives_per_query to 0 or 1")
+        if self.side == "query" and (self.loss.name != "mnrl" or self.rounds > 1 or self.loss.matryoshka_dims):
+            raise ValueError("side 'query' trains a query adapter with loss mnrl, one round, no matryoshka_dims")
         if self.precision == "fp16":
             import torch
 
@@ -842,7 +849,15 @@ def train_model(
     rounds: list[dict[str, Any]] = []
     model_name, round_data = str(base_path), data
     result: RoundResult | None = None
-    for r in range(1, cfg.rounds + 1):
+    work = out
+    if cfg.side == "query":
+        from .query_adapter import train_query_adapter
+
+        result = train_query_adapter(data, cfg, make_dev_split(data, cfg), out / "model", progress=progress)
+        rounds.append({"round": 1, "model": str(out / "model"), "best_dev_ndcg@10": result.best_dev,
+                       "base_dev_ndcg@10": result.base_dev, "steps": result.steps, "rows": result.stats,
+                       "seconds": round(result.seconds, 1), "curve": result.curve})
+    for r in range(1, cfg.rounds + 1 if cfg.side == "both" else 1):
         last = r == cfg.rounds
         work = out if r == 1 else out / f"round-{r}"
         model_dir = out / "model" if last else out / f"round-{r}" / "model"
