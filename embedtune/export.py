@@ -39,7 +39,7 @@ from .config import StrictModel
 from .errors import IndexMismatchError, ModelError, RunDirError, first_line
 from .io import TMP_PREFIX, atomic_write_json, atomic_write_text, atomic_write_with, sha256_file, sha256_json
 from .manifest import MANIFEST, read_manifest, stage_key, write_manifest
-from .models import PICKLE_SUFFIXES, check_model_folder, model_fingerprint
+from .models import PICKLE_SUFFIXES, check_model_folder, model_fingerprint, read_query_side
 
 log = logging.getLogger("embedtune")
 
@@ -302,10 +302,15 @@ def _load_st(path: Path):
         raise ModelError(f"cannot load model: {msg}", file=path) from None
 
 
-def _check_same_embeddings(source, exported, texts: list[str], prompt: str) -> float:
-    a = source.encode(texts, prompt=prompt or None, normalize_embeddings=True, convert_to_numpy=True)
-    b = exported.encode(texts, prompt=prompt or None, normalize_embeddings=True, convert_to_numpy=True)
-    cos = float(np.min(np.sum(a * b, axis=1)))
+def _check_same_embeddings(source, exported, texts: list[str], prompts: dict[str, str]) -> float:
+    """Min cosine between the run's and the exported model's vectors, documents and queries
+    (the two differ for a query-side model)."""
+    cos = 1.0
+    for task in ("document", "query"):
+        prompt = prompts[task] or None
+        a = source.encode(texts, prompt=prompt, normalize_embeddings=True, convert_to_numpy=True, task=task)
+        b = exported.encode(texts, prompt=prompt, normalize_embeddings=True, convert_to_numpy=True, task=task)
+        cos = min(cos, float(np.min(np.sum(a * b, axis=1))))
     if cos < MIN_COSINE:
         raise ModelError(f"exported model gives other embeddings than the run's model (min cosine {cos:.6f})")
     return cos
@@ -411,7 +416,7 @@ def _export_into(parts: RunParts, out: Path, cfg: ExportConfig) -> dict[str, Any
     # The exported folder must load with plain sentence-transformers and embed like the source.
     texts = _sample_texts(parts, cfg.check_samples)
     source, exported = _load_st(parts.model_dir), _load_st(model_out)
-    min_cos = _check_same_embeddings(source, exported, texts, prompts["document"])
+    min_cos = _check_same_embeddings(source, exported, texts, prompts)
     del source
 
     summary: dict[str, Any] = {
@@ -420,6 +425,9 @@ def _export_into(parts: RunParts, out: Path, cfg: ExportConfig) -> dict[str, Any
         "check_min_cosine": min_cos, "dim": exported.get_embedding_dimension(), "max_seq_length": exported.max_seq_length,
         "prompts": prompts,
     }
+    query_side = read_query_side(model_out)
+    if query_side:
+        summary["query_side"] = query_side
     if parts.index_dir is not None:
         summary["index"] = _export_index(parts, out / "index", fingerprint, summary["not_exported"])
     if parts.eval_metrics is not None:
@@ -627,6 +635,21 @@ def _base_model(parts: RunParts) -> str | None:
     return base.get("name") or ((train.get("config") or {}).get("model") or {}).get("name")
 
 
+def _query_side_note(s: dict[str, Any]) -> list[str]:
+    """What a user of a query-side model must know: which encoder makes its documents."""
+    record = s.get("query_side")
+    if not record:
+        return []
+    enc = record["document_encoder"]
+    return [
+        "## Query side only", "",
+        f"Only the query side of this model was tuned (a {record.get('kind', 'query')} on the query embedding). Documents "
+        f"are embedded by the base encoder unchanged (fingerprint `{enc['sha256'][:12]}`): document vectors you already "
+        "stored with that encoder stay valid -- keep them, and embed only the queries with this model. Encode queries "
+        "with `encode_query` and documents with `encode_document` (plain `encode` is the document side).", "",
+    ]
+
+
 def render_model_card(parts: RunParts, s: dict[str, Any]) -> str:
     """A sentence-transformers style README: every value comes from the run's files."""
     base = _base_model(parts)
@@ -652,6 +675,7 @@ def render_model_card(parts: RunParts, s: dict[str, Any]) -> str:
         f"| Weights fingerprint (sha256) | `{s['model_sha256']}` |",
         "",
     ]
+    lines += _query_side_note(s)
     lines += ["## Training data", ""]
     if mcfg or train:
         data_rows = [("pairs", mcfg.get("pairs")), ("corpus (negatives mined from)", mcfg.get("corpus")),
@@ -689,8 +713,8 @@ def render_model_card(parts: RunParts, s: dict[str, Any]) -> str:
     lines += ["## Evaluation", ""] + render_eval_table(parts.eval_metrics, s["model_sha256"]) + [""]
     lines += ["## Usage", "", "```python", "from sentence_transformers import SentenceTransformer", "",
               'model = SentenceTransformer("path/to/this/folder")',
-              f"query_vectors = model.encode([\"your question\"]{_prompt_arg(s['prompts']['query'])})",
-              f"doc_vectors = model.encode([\"a passage\"]{_prompt_arg(s['prompts']['document'])})",
+              f"query_vectors = model.encode_query([\"your question\"]{_prompt_arg(s['prompts']['query'])})",
+              f"doc_vectors = model.encode_document([\"a passage\"]{_prompt_arg(s['prompts']['document'])})",
               "print(model.similarity(query_vectors, doc_vectors))", "```", "",
               "See USAGE.md next to this folder for LangChain and LlamaIndex."]
     if s.get("onnx"):
@@ -771,14 +795,15 @@ def render_usage(s: dict[str, Any]) -> str:
         "cosine similarity = inner product.",
         f"Query prompt: {('`' + qp + '`') if qp else '(none)'}; document prompt: {('`' + dp + '`') if dp else '(none)'}. "
         "Use them exactly as below, or the scores will not match the evaluation.", "",
+        *_query_side_note(s),
         "## sentence-transformers", "", "```python",
         *import_json,
         "from sentence_transformers import SentenceTransformer", "",
         *load_texts,
         "",
         f"model = SentenceTransformer({json.dumps(model)})",
-        f"doc_vectors = model.encode(texts[:100]{_prompt_arg(dp)}, normalize_embeddings=True)",
-        f"query_vectors = model.encode([\"what is this collection about?\"]{_prompt_arg(qp)}, normalize_embeddings=True)",
+        f"doc_vectors = model.encode_document(texts[:100]{_prompt_arg(dp)}, normalize_embeddings=True)",
+        f"query_vectors = model.encode_query([\"what is this collection about?\"]{_prompt_arg(qp)}, normalize_embeddings=True)",
         "scores = model.similarity(query_vectors, doc_vectors)[0]",
         "for score, i in zip(*scores.topk(min(3, len(texts[:100])))):",
         "    print(f\"{score:.3f}  {texts[int(i)][:80]}\")",
@@ -818,6 +843,8 @@ def render_usage(s: dict[str, Any]) -> str:
         ]
     enc = ["\"normalize_embeddings\": True"] + ([f"\"prompt\": {json.dumps(dp)}"] if dp else [])
     qenc = ["\"normalize_embeddings\": True"] + ([f"\"prompt\": {json.dumps(qp)}"] if qp else [])
+    if s.get("query_side"):  # queries must take the model's query route (plain encode is the document side)
+        qenc.append("\"task\": \"query\"")
     lines += [
         "## LangChain (`pip install langchain-huggingface langchain-community faiss-cpu`)", "", "```python",
         *import_json,
@@ -842,6 +869,8 @@ def render_usage(s: dict[str, Any]) -> str:
         "from llama_index.embeddings.huggingface import HuggingFaceEmbedding", "",
         *load_texts,
         "",
+        *(["# query-side model: HuggingFaceEmbedding encodes queries on the document side (no adapter);",
+            "# search through the embedtune retriever above, or embed queries with model.encode_query"] if s.get("query_side") else []),
         "embed_model = HuggingFaceEmbedding(",
         f"    model_name={json.dumps(model)},",
         f"    query_instruction={json.dumps(qp)},",
@@ -861,7 +890,7 @@ def render_usage(s: dict[str, Any]) -> str:
             "(`pip install \"sentence-transformers[onnx]\"`), sentence-transformers runs it directly:", "", "```python",
             "from sentence_transformers import SentenceTransformer", "",
             f"model = SentenceTransformer({json.dumps(model)}, backend=\"onnx\")",
-            f"vectors = model.encode([\"a passage\"]{_prompt_arg(dp)}, normalize_embeddings=True)",
+            f"vectors = model.encode_document([\"a passage\"]{_prompt_arg(dp)}, normalize_embeddings=True)",
             "```", "",
         ]
     return "\n".join(lines)

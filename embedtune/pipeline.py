@@ -321,6 +321,13 @@ def headline(run_dir: str | Path) -> dict[str, Any]:
         sel = json.loads(selection.read_text())
         out["shipped"] = {"model": sel["shipped"], "alpha": sel["alpha"], "why": sel["why"], "beat_base": sel["beat_base"],
                           "dev_ndcg@10": {c["name"]: round(c["dev_ndcg@10"], 4) for c in sel["candidates"]}}
+    index_manifest, train_manifest = run_dir / "index" / "manifest.json", run_dir / "train" / "manifest.json"
+    if index_manifest.is_file() and train_manifest.is_file():
+        # whether the shipped model's document vectors differ from the base model's: with a
+        # query-side model they do not, and every index of the base model stays valid
+        info = json.loads(index_manifest.read_text())["index"]
+        base_sha = json.loads(train_manifest.read_text()).get("models", {}).get("base", {}).get("sha256")
+        out["reindexed"] = (info.get("document_encoder_sha256") or info.get("model_sha256")) != base_sha
     manifest = run_dir / "eval" / "manifest.json"
     if manifest.is_file():
         summary = json.loads(manifest.read_text())["metrics"]

@@ -27,6 +27,8 @@ def train_command(
     max_seq_length: int = typer.Option(None, "--max-seq-length", help="Token limit for queries and documents (default: the model's)."),
     precision: str = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16 (training autocast)."),
     dev: str = typer.Option(None, "--dev", help="Dev split for evaluation during training, e.g. nfcorpus:dev (default: hold out 10% of the training queries)."),
+    side: str = typer.Option(None, "--side", help="both: fine-tune the encoder (default). query: train a query adapter "
+                             "only; documents keep the base model's vectors, existing indexes stay valid (try --lr 1e-3 --epochs 20)."),
     rounds: int = typer.Option(None, "--rounds", help="Re-mine negatives with the tuned model and train again (ANCE-style), this many rounds in all."),
     seed: int = typer.Option(None, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint in --out."),
@@ -34,7 +36,7 @@ def train_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
-    """Fine-tune an embedding model with a contrastive loss on mined hard negatives."""
+    """Fine-tune an embedding model (or only its query side) with a contrastive loss on mined hard negatives."""
     # Before sentence-transformers / huggingface_hub are imported: saving a model card must not
     # try the hub (a user who wants it online sets HF_HUB_OFFLINE=0 explicitly).
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -52,6 +54,7 @@ def train_command(
         "precision": precision,
         "dev": {"source": dev},
         "rounds": rounds,
+        "side": side,
         "seed": seed,
     }
     cfg = load_config(TrainConfig, config, _without_none(overrides))
