@@ -124,7 +124,7 @@ def encode_texts(
     """Encode ``texts`` (with ``prompt`` prepended) into an (n, dim) float32 array of unit vectors.
 
     ``task`` ("query" or "document") picks the route of an asymmetric model (a query-side model
-    of :mod:`embedtune.query_adapter`); an ordinary model ignores it.
+    of :mod:`embedtune.query_side`); an ordinary model ignores it.
     """
     dim = model.get_embedding_dimension()
     if len(texts) == 0:

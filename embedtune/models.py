@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("embedtune")
 
 ALIASES = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
-# In a query-side model's folder (embedtune.query_adapter): which document encoder its queries
+# In a query-side model's folder (embedtune.query_side): which document encoder its queries
 # were trained against. Its documents are that encoder's vectors, so indexes and cached
 # embeddings of that encoder stay valid.
 QUERY_SIDE_FILE = "query_side.json"

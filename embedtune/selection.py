@@ -108,7 +108,7 @@ def select_model(
     from .io import atomic_write_json, save_model_atomically
     from .merging import merge_models
     from .models import load_model
-    from .query_adapter import interpolate_adapter
+    from .query_side import interpolate_query_side
 
     out = Path(out_dir)
     t0 = time.perf_counter()
@@ -120,7 +120,7 @@ def select_model(
     dev_scores: dict[float, dict[str, float]] = {}
     base_guard: dict[str, dict[str, float]] = {}
 
-    # a query-side model merges with its base by scaling its adapter toward the identity; its
+    # a query-side model merges with its base by moving its query side toward the base's; its
     # documents, like the base's, are the base encoder's: encoded once for all such candidates
     query_side = bool(getattr(tuned_model, "embedtune_query_side", None))
     base_docs: dict[int, np.ndarray] = {}  # id(corpus) -> vectors; the corpora live as long as this call
@@ -128,7 +128,7 @@ def select_model(
     def candidate(alpha: float) -> "SentenceTransformer":
         if alpha in (0.0, 1.0):
             return base_model if alpha == 0.0 else tuned_model
-        return interpolate_adapter(tuned_model, alpha) if query_side else merge_models(base_model, [tuned_model], alpha)
+        return interpolate_query_side(tuned_model, alpha) if query_side else merge_models(base_model, [tuned_model], alpha)
 
     for alpha in cfg.alphas:
         model = candidate(alpha)

@@ -126,7 +126,11 @@ class TrainConfig(StrictModel):
     side: Literal["both", "query"] = Field(
         "both", description="both: fine-tune the encoder (documents must be re-encoded). query: train a linear adapter on "
         "the query embedding only; documents keep the base model's vectors, so existing indexes stay valid "
-        "(embedtune.query_adapter; loss mnrl over the whole corpus, best epoch on dev).",
+        "(embedtune.query_side; loss mnrl over the whole corpus, best epoch on dev).",
+    )
+    query_side: Literal["adapter", "encoder"] = Field(
+        "adapter", description="side query: adapter = a linear map on the query embedding (seconds; try learning_rate "
+        "1e-3); encoder = a trainable copy of the encoder for queries only (minutes; learning_rate ~3e-5).",
     )
 
     @model_validator(mode="after")
@@ -851,9 +855,9 @@ def train_model(
     result: RoundResult | None = None
     work = out
     if cfg.side == "query":
-        from .query_adapter import train_query_adapter
+        from .query_side import train_query_side
 
-        result = train_query_adapter(data, cfg, make_dev_split(data, cfg), out / "model", progress=progress)
+        result = train_query_side(data, cfg, make_dev_split(data, cfg), out / "model", progress=progress)
         rounds.append({"round": 1, "model": str(out / "model"), "best_dev_ndcg@10": result.best_dev,
                        "base_dev_ndcg@10": result.base_dev, "steps": result.steps, "rows": result.stats,
                        "seconds": round(result.seconds, 1), "curve": result.curve})

@@ -20,7 +20,7 @@ from embedtune.errors import IndexMismatchError
 from embedtune.index import build_index, open_index, query_index
 from embedtune.io import save_model_atomically
 from embedtune.models import QUERY_SIDE_FILE, document_fingerprint, load_model
-from embedtune.query_adapter import add_query_adapter, interpolate_adapter, query_adapter
+from embedtune.query_side import add_query_adapter, interpolate_query_side, query_adapter
 from embedtune.search import exact_search
 from embedtune.training import TrainConfig, load_mined, train_model
 
@@ -107,8 +107,8 @@ def test_interpolation_runs_from_the_base_to_the_trained_adapter(trained):
     tuned = load_model(str(tmp / "train" / "model"))
     w = query_adapter(tuned).linear.weight.detach().numpy()
     assert np.abs(w - np.eye(len(w))).max() > 1e-3
-    np.testing.assert_allclose(query_adapter(interpolate_adapter(tuned, 0.0)).linear.weight.detach().numpy(), np.eye(len(w)), atol=1e-7)
-    half = query_adapter(interpolate_adapter(tuned, 0.5)).linear.weight.detach().numpy()
+    np.testing.assert_allclose(query_adapter(interpolate_query_side(tuned, 0.0)).linear.weight.detach().numpy(), np.eye(len(w)), atol=1e-7)
+    half = query_adapter(interpolate_query_side(tuned, 0.5)).linear.weight.detach().numpy()
     np.testing.assert_allclose(half, (w + np.eye(len(w))) / 2, atol=1e-6)
     assert query_adapter(tuned).linear.weight.detach().numpy().tobytes() == w.tobytes()  # the source is untouched
 
@@ -164,3 +164,22 @@ def test_query_side_settings_are_checked(trainable_model_dir, tmp_path):  # noqa
 
     with pytest.raises(ModelError, match=r"query_side.json: field 'document_encoder.sha256'"):
         read_query_side(tmp_path / "m")
+
+
+def test_the_encoder_kind_trains_a_query_copy_and_keeps_documents(trainable_model_dir, tmp_path):  # noqa: F811
+    from sentence_transformers import SentenceTransformer
+
+    mined = make_mined(tmp_path / "mined", n_queries=30, distinct=True)
+    cfg = _cfg(trainable_model_dir, query_side="encoder", epochs=3, learning_rate=1e-3, dev={"enabled": False})  # last epoch ships
+    manifest = train_model(cfg, mined, tmp_path / "train", progress=False)
+    assert manifest["metrics"]["steps"] > 0
+    base, tuned = load_model(trainable_model_dir), load_model(str(tmp_path / "train" / "model"))
+    assert tuned.embedtune_query_side["kind"] == "encoder" and document_fingerprint(tuned) == base.embedtune_fingerprint
+    docs = encode_texts(base, TEXTS, precision="fp32", show_progress=False)
+    assert encode_texts(tuned, TEXTS, precision="fp32", show_progress=False).tobytes() == docs.tobytes()
+    moved = encode_texts(tuned, QUERIES, precision="fp32", show_progress=False, task="query")
+    assert np.abs(moved - encode_texts(base, QUERIES, precision="fp32", show_progress=False)).max() > 1e-3
+    back = encode_texts(interpolate_query_side(tuned, 0.0), QUERIES, precision="fp32", show_progress=False, task="query")
+    np.testing.assert_allclose(back, encode_texts(base, QUERIES, precision="fp32", show_progress=False), atol=1e-6)
+    plain = SentenceTransformer(str(tmp_path / "train" / "model"), device="cpu")  # loads without embedtune
+    np.testing.assert_allclose(plain.encode_query(QUERIES), moved, atol=1e-5)

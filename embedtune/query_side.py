@@ -1,0 +1,329 @@
+"""Query-side adaptation: tune how queries are embedded; documents, and every vector already
+stored for them, stay exactly as they are (``train.side: query``).
+
+Two kinds (``train.query_side``), both saved as ordinary sentence-transformers folders that any
+tool loads, with ``encode_query`` going through the tuned part and ``encode_document`` (and plain
+``encode``) returning the base model's vectors bit for bit:
+
+- ``adapter``: the base model's modules, then a ``Router`` whose ``query`` route is a ``Dense``
+  layer (a full linear map initialised to the identity) + ``Normalize`` and whose ``document``
+  route is empty. It trains on fixed vectors only: the corpus and the training queries are encoded
+  once by the base model (through the embedding cache), a step is a linear map and a softmax.
+  Seconds on a CPU; adds 0.6 MB to the encoder a user already has.
+- ``encoder``: a ``Router`` with a trainable copy of the whole encoder on the ``query`` route and
+  the base encoder on the ``document`` route. Queries run through the encoder at each step
+  (short texts: minutes on a CPU); documents still only as the base model's cached vectors.
+
+``query_side.json`` in the folder records the document encoder's fingerprint
+(:data:`embedtune.models.QUERY_SIDE_FILE`): indexes and cached embeddings of that encoder serve
+the new model without re-encoding a document, and an index of another encoder is refused.
+
+The objective is the contrastive one of ``loss.name: mnrl`` with the whole corpus as the batch:
+each relevant document against every document not judged relevant to the query (the mined hard
+negatives among them); other relevant documents of the query are masked. The epoch that scores
+best on the dev signal is kept. Written by hand, not with sentence-transformers' trainer: the
+trainer encodes every document column at each step, which is what this mode exists to avoid.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from .training import DevSplit, MinedData, RoundResult, TrainConfig
+
+log = logging.getLogger("embedtune")
+
+ROUTER_NAME = "Router"
+QUERY_ROUTE = "query"
+DOCUMENT_ROUTE = "document"
+
+
+def _record(base: "SentenceTransformer", kind: str) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "document_encoder": {"name": getattr(base, "embedtune_path", None), "sha256": base.embedtune_fingerprint},
+        "note": "Query-side model: documents are the document encoder's vectors unchanged; encode queries "
+                "with encode_query and documents with encode_document.",
+    }
+
+
+def _with_identity(model: "SentenceTransformer", base: "SentenceTransformer", kind: str) -> "SentenceTransformer":
+    model.max_seq_length = base.max_seq_length
+    model.embedtune_path = getattr(base, "embedtune_path", None)
+    model.embedtune_fingerprint = base.embedtune_fingerprint
+    model.embedtune_query_side = _record(base, kind)
+    return model
+
+
+def add_query_adapter(base: "SentenceTransformer", weight: np.ndarray | None = None, bias: np.ndarray | None = None) -> "SentenceTransformer":
+    """``base`` + a query-only linear adapter (identity when ``weight``/``bias`` are None)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Router
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize
+
+    dim = base.get_embedding_dimension()
+    dense = Dense(dim, dim, bias=True, activation_function=torch.nn.Identity())
+    with torch.no_grad():
+        dense.linear.weight.copy_(torch.eye(dim) if weight is None else torch.as_tensor(weight))
+        dense.linear.bias.copy_(torch.zeros(dim) if bias is None else torch.as_tensor(bias))
+    router = Router({QUERY_ROUTE: [dense, Normalize()], DOCUMENT_ROUTE: []}, default_route=DOCUMENT_ROUTE)
+    model = SentenceTransformer(modules=[*copy.deepcopy(list(base.children())), router], device=str(base.device))
+    return _with_identity(model, base, "adapter")
+
+
+def add_query_encoder(base: "SentenceTransformer", query_encoder: "SentenceTransformer | None" = None) -> "SentenceTransformer":
+    """A Router model: ``query_encoder`` (default: a copy of ``base``) for queries, ``base`` for documents."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Router
+
+    query = copy.deepcopy(list((query_encoder or base).children()))
+    router = Router({QUERY_ROUTE: query, DOCUMENT_ROUTE: copy.deepcopy(list(base.children()))}, default_route=DOCUMENT_ROUTE)
+    return _with_identity(SentenceTransformer(modules=[router], device=str(base.device)), base, "encoder")
+
+
+def _router(model: "SentenceTransformer") -> Any:
+    return next((m for m in model.children() if type(m).__name__ == ROUTER_NAME and QUERY_ROUTE in getattr(m, "sub_modules", {})), None)
+
+
+def query_adapter(model: "SentenceTransformer") -> Any:
+    """The adapter's ``Dense`` module of an adapter-kind query-side model, or None."""
+    router = _router(model)
+    if router is None or (model.embedtune_query_side or {}).get("kind") != "adapter":
+        return None
+    return router.sub_modules[QUERY_ROUTE][0]
+
+
+def interpolate_query_side(model: "SentenceTransformer", alpha: float) -> "SentenceTransformer":
+    """A copy whose query side is ``alpha`` of the way from the base model (0) to the trained one
+    (1): weight merging (WiSE-FT) for a query-side model. An adapter moves from the identity; an
+    encoder copy from the document route's weights, which are the base model's."""
+    import torch
+
+    out = copy.deepcopy(model)
+    router = _router(out)
+    with torch.no_grad():
+        if out.embedtune_query_side.get("kind") == "adapter":
+            dense = router.sub_modules[QUERY_ROUTE][0]
+            eye = torch.eye(dense.linear.weight.shape[0], dtype=dense.linear.weight.dtype)
+            dense.linear.weight.copy_(eye + alpha * (dense.linear.weight - eye))
+            dense.linear.bias.mul_(alpha)
+        else:
+            base = dict(router.sub_modules[DOCUMENT_ROUTE].named_parameters())
+            for name, p in router.sub_modules[QUERY_ROUTE].named_parameters():
+                p.copy_(base[name] + alpha * (p - base[name]))
+    return out
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _training_queries(data: "MinedData", exclude: set[str], doc_row: dict[str, int]) -> tuple[list[str], list[str], list[list[int]]]:
+    """Query ids, texts and the corpus rows of every document judged relevant to each (rows
+    mining kept + graded qrels), dev queries left out."""
+    c = data.columns
+    text: dict[str, str] = {}
+    relevant: dict[str, set[str]] = {}
+    for qid, query, pid in zip(c["query_id"], c["query"], c["positive_id"]):
+        if qid in exclude:
+            continue
+        text.setdefault(qid, query)
+        relevant.setdefault(qid, set()).add(pid)
+    for qid, docs in (data.qrels or {}).items():
+        if qid in relevant:
+            relevant[qid] |= {d for d, s in docs.items() if s > 0}
+    missing = sorted({d for r in relevant.values() for d in r} - set(doc_row))
+    if missing:
+        raise InputError(f"{len(missing)} positive document id(s) are not in the mined corpus (e.g. '{missing[0]}')",
+                         file=data.source, field="positive_id")
+    qids = sorted(relevant)
+    return qids, [text[q] for q in qids], [sorted(doc_row[d] for d in relevant[q]) for q in qids]
+
+
+def _dev_ndcg(queries: Any, doc_vectors: Any, relevant_rows: list[set[int]]) -> float:
+    """Mean nDCG@10 (binary gains) of exact search: the dev signal, computed on tensors."""
+    k = min(10, doc_vectors.shape[0])
+    top = (queries @ doc_vectors.T).topk(k, dim=1).indices.tolist()
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    scores = []
+    for ranked, rel in zip(top, relevant_rows):
+        dcg = sum(discounts[i] for i, d in enumerate(ranked) if d in rel)
+        ideal = discounts[: min(len(rel), k)].sum()
+        scores.append(dcg / ideal if ideal else 0.0)
+    return float(np.mean(scores)) if scores else 0.0
+
+
+class _Adapter:
+    """The adapter kind: a linear map on the base model's fixed query vectors."""
+
+    def __init__(self, base: "SentenceTransformer", queries: Any) -> None:
+        import torch
+
+        self.base, self.queries = base, queries
+        dim = queries.shape[1]
+        self.weight = torch.nn.Parameter(torch.eye(dim))
+        self.bias = torch.nn.Parameter(torch.zeros(dim))
+
+    def parameters(self) -> list:
+        return [self.weight, self.bias]
+
+    def embed(self, rows: list[int], texts: list[str]) -> Any:
+        import torch
+
+        return torch.nn.functional.normalize(self.queries[rows] @ self.weight.T + self.bias, dim=-1)
+
+    def embed_dev(self, vectors: Any, texts: list[str]) -> Any:
+        import torch
+
+        return torch.nn.functional.normalize(vectors @ self.weight.T + self.bias, dim=-1)
+
+    def snapshot(self) -> Any:
+        return (self.weight.detach().clone(), self.bias.detach().clone())
+
+    def build(self, state: Any) -> "SentenceTransformer":
+        return add_query_adapter(self.base, state[0].numpy(), state[1].numpy())
+
+
+class _Encoder:
+    """The encoder kind: a trainable copy of the base encoder runs the queries."""
+
+    def __init__(self, base: "SentenceTransformer", precision: str, prompt: str) -> None:
+        self.base, self.precision, self.prompt = base, precision, prompt
+        self.model = copy.deepcopy(base)
+
+    def parameters(self) -> list:
+        return list(self.model.parameters())
+
+    def embed(self, rows: list[int], texts: list[str]) -> Any:
+        import torch
+
+        self.model.train()
+        features = self.model.preprocess([self.prompt + t for t in texts])
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with torch.autocast(device_type=self.model.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = self.model(features)["sentence_embedding"]
+        return torch.nn.functional.normalize(out.float(), dim=-1)
+
+    def embed_dev(self, vectors: Any, texts: list[str]) -> Any:
+        import torch
+
+        from .encoding import encode_texts
+
+        self.model.eval()
+        return torch.from_numpy(encode_texts(self.model, texts, prompt=self.prompt, batch_size=64, precision=self.precision,
+                                             show_progress=False))
+
+    def snapshot(self) -> Any:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def build(self, state: Any) -> "SentenceTransformer":
+        self.model.load_state_dict(state)
+        self.model.eval()
+        return add_query_encoder(self.base, self.model)
+
+
+def train_query_side(data: "MinedData", cfg: "TrainConfig", dev: "DevSplit | None", model_dir: Path, *,
+                     progress: bool = True) -> "RoundResult":
+    """Train the query side (``cfg.query_side``) on ``data`` and save the model into ``model_dir``."""
+    import torch
+
+    from .encoding import encode_corpus, encode_queries
+    from .io import save_model_atomically
+    from .models import load_model
+    from .training import RoundResult, _mined_corpus, resolve_precision
+
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    base = load_model(cfg.model)
+    corpus, corpus_desc = _mined_corpus(data)
+    doc_ids = list(corpus)
+    doc_row = {d: i for i, d in enumerate(doc_ids)}
+    docs = torch.from_numpy(np.array(encode_corpus(base, cfg.model, doc_ids, [corpus[d] for d in doc_ids], show_progress=progress)))
+    qids, qtexts, positives = _training_queries(data, dev.exclude_query_ids if dev else set(), doc_row)
+    if cfg.query_side == "adapter":
+        side: Any = _Adapter(base, torch.from_numpy(np.array(encode_queries(base, cfg.model, qids, qtexts))))
+    else:
+        side = _Encoder(base, resolve_precision(cfg.precision), cfg.model.query_prompt)
+
+    dev_vectors = dev_texts = dev_relevant = None
+    if dev is not None:
+        if any(d not in doc_row for r in dev.relevant.values() for d in r):
+            raise InputError("dev queries judge documents outside the mined corpus: mine against the same corpus", field="dev.source")
+        dev_ids = sorted(dev.relevant)
+        dev_texts = [dev.queries[q] for q in dev_ids]
+        # against the whole corpus, not the dev sample: its vectors are already here
+        dev_vectors = torch.from_numpy(np.array(encode_queries(base, cfg.model, dev_ids, dev_texts)))
+        dev_relevant = [{doc_row[d] for d in dev.relevant[q]} for q in dev_ids]
+
+    optimizer = torch.optim.AdamW(side.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    epochs = max(1, round(cfg.epochs))
+    batches = [list(range(i, min(i + cfg.batch_size, len(qids)))) for i in range(0, len(qids), cfg.batch_size)]
+    total = cfg.max_steps or epochs * len(batches)
+    warmup = cfg.warmup_ratio * total
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    base_dev = _dev_ndcg(dev_vectors, docs, dev_relevant) if dev is not None else None
+    best: tuple[float | None, int, Any] = (base_dev, 0, side.snapshot())
+    curve: dict[str, list] = {"loss": [], "dev": [] if base_dev is None else [{"step": 0, "ndcg@10": base_dev}]}
+    step, patience_left = 0, cfg.dev.early_stopping_patience
+    order = list(range(len(qids)))
+    for epoch in range(epochs):
+        rng.shuffle(order)
+        losses = []
+        for rows in batches:
+            idx = [order[i] for i in rows]
+            logits = cfg.loss.scale * side.embed(idx, [qtexts[i] for i in idx]) @ docs.T
+            relevant = torch.zeros_like(logits, dtype=torch.bool)
+            for r, i in enumerate(idx):
+                relevant[r, positives[i]] = True
+            # each relevant document against every non-relevant one: -log p(pos | pos + negatives)
+            negatives = torch.logsumexp(logits.masked_fill(relevant, float("-inf")), dim=1, keepdim=True)
+            per_doc = torch.nn.functional.softplus(negatives - logits)
+            loss = ((per_doc * relevant).sum(1) / relevant.sum(1)).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(side.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            losses.append(loss.item())
+            if step >= total:
+                break
+        curve["loss"].append({"step": step, "loss": float(np.mean(losses)), "learning_rate": scheduler.get_last_lr()[0]})
+        if dev is None:
+            best = (None, step, side.snapshot())
+        else:
+            with torch.no_grad():
+                score = _dev_ndcg(side.embed_dev(dev_vectors, dev_texts), docs, dev_relevant)
+            curve["dev"].append({"step": step, "ndcg@10": score})
+            log.info("query %s: epoch %d, loss %.4f, dev nDCG@10 %.4f", cfg.query_side, epoch + 1, np.mean(losses), score)
+            if score > best[0]:
+                best = (score, step, side.snapshot())
+                patience_left = cfg.dev.early_stopping_patience
+            elif patience_left is not None:
+                patience_left -= 1
+                if patience_left <= 0:
+                    log.info("query %s: early stop after epoch %d (no dev gain for %d epochs)", cfg.query_side, epoch + 1,
+                             cfg.dev.early_stopping_patience)
+                    break
+        if step >= total:
+            break
+    curve["steps"] = step
+    save_model_atomically(side.build(best[2]), model_dir)
+    stats = {"mined_rows": data.num_rows, "train_queries": len(qids), "train_rows": len(qids),
+             "corpus_documents": len(doc_ids), "best_step": best[1], "documents_encoded_by_new_model": 0}
+    log.info("query %s: %d queries against %s, best dev at step %d", cfg.query_side, len(qids), corpus_desc, best[1])
+    return RoundResult(model_dir=model_dir, best_dev=best[0], base_dev=base_dev, curve=curve, steps=step, stats=stats,
+                       dev_description=dev.description if dev else None, seconds=time.perf_counter() - t0)
