@@ -35,13 +35,16 @@ def _added_mb(model_dir: Path) -> float:
 
     if not (model_dir / QUERY_SIDE_FILE).is_file():
         return _size_mb(model_dir)
-    routers = [p for p in model_dir.iterdir() if p.is_dir() and p.name.endswith("_Router")]
-    return round(sum(_size_mb(p) for p in routers), 2)
+    # adapter: the Router folder; encoder: the query route's modules (query_0_Transformer, ...)
+    added = [p for p in model_dir.iterdir() if p.is_dir() and (p.name.endswith("_Router") or p.name.startswith("query_"))]
+    return round(sum(_size_mb(p) for p in added), 2)
 
 
-def _mean_ci(values: list[float], base: list[float]) -> dict:
+def _mean_ci(values: list[float], base: list[float]) -> dict | None:
     from embedtune.evaluation import paired_randomization_test
 
+    if not values:  # e.g. NFCorpus: every test query has a document judged for a training query
+        return None
     test = paired_randomization_test(base, values, permutations=10000)
     return {"ndcg@10": round(float(np.mean(values)), 4), "delta": round(test["delta"], 4),
             "ci95": [round(x, 4) for x in test["ci95"]], "p_value": round(test["p_value"], 4)}
@@ -89,8 +92,8 @@ def main() -> None:
                "seen": _mean_ci([scores[q] for q in seen], [base[q] for q in seen]),
                "unseen": _mean_ci([scores[q] for q in unseen], [base[q] for q in unseen])}
         rows.append(row)
-    rows[0]["seen"] = {"ndcg@10": round(float(np.mean([base[q] for q in seen])), 4)}
-    rows[0]["unseen"] = {"ndcg@10": round(float(np.mean([base[q] for q in unseen])), 4)}
+    rows[0]["seen"] = {"ndcg@10": round(float(np.mean([base[q] for q in seen])), 4)} if seen else None
+    rows[0]["unseen"] = {"ndcg@10": round(float(np.mean([base[q] for q in unseen])), 4)} if unseen else None
     result = {"dataset": folder.name, "split": args.split, "queries": len(qids), "seen_queries": len(seen),
               "unseen_queries": len(unseen), "systems": rows}
     if not args.json:
@@ -98,7 +101,8 @@ def main() -> None:
         for r in rows:
             extra = "" if r["system"] == "base" else (f"  d={r['delta']:+.4f} [{r['ci95'][0]:+.4f},{r['ci95'][1]:+.4f}] p={r['p_value']:.4f}"
                                                       f"  train {r['train_seconds']} s  +{r['added_mb']} MB  reencode={r['documents_reencoded']}")
-            print(f"  {r['system']:<16} {r['ndcg@10']:.4f}{extra}  seen {r['seen']['ndcg@10']:.4f}  unseen {r['unseen']['ndcg@10']:.4f}", file=sys.stderr)
+            halves = "".join(f"  {h} {r[h]['ndcg@10']:.4f}" for h in ("seen", "unseen") if r[h])
+            print(f"  {r['system']:<16} {r['ndcg@10']:.4f}{extra}{halves}", file=sys.stderr)
     print(json.dumps(result))
 
 

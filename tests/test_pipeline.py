@@ -253,3 +253,24 @@ def test_no_label_pipeline_with_select_and_hybrid(tmp_path, tiny_model_dir, monk
     assert summary["shipped"]["model"] == selection["shipped"]
     for name in ("hybrid(base)", "hybrid(tuned)"):
         assert summary[name]["bm25_weight"] == 0.5 and summary[name]["fusion_chosen_on"] == "fixed (no dev split)"
+
+
+def test_query_side_pipeline_keeps_the_base_models_document_vectors(tmp_path, tiny_model_dir, monkeypatch):
+    """train.side: query through run: the index holds the base encoder's vectors (no re-encoding:
+    they come from the cache the mining filled), the JSON line says "reindexed": false, and the
+    export's model card says the model is query-side only."""
+    from embedtune.models import QUERY_SIDE_FILE, load_model
+
+    monkeypatch.setenv("EMBEDTUNE_CACHE", str(tmp_path / "cache"))
+    run_dir = tmp_path / "run"
+    config = pipeline_yaml(tmp_path, tiny_model_dir, run_dir, side="query", max_steps=None, epochs=30, batch_size=8,
+                           learning_rate=1e-2, warmup_ratio=0.0, dev={"holdout_fraction": 0.2, "early_stopping_patience": None})
+    result = runner.invoke(app, ["run", str(config), "--json"])
+    assert result.exit_code in (0, 8), result.output
+    summary = last_json(result.stdout)
+    assert summary["reindexed"] is False
+    assert summary["shipped"]["beat_base"], summary["shipped"]  # the adapter, not the base, is what is checked below
+    assert (run_dir / "select" / "model" / QUERY_SIDE_FILE).is_file()
+    assert "## Query side only" in (run_dir / "export" / "model" / "README.md").read_text()
+    info = json.loads((run_dir / "index" / "manifest.json").read_text())["index"]
+    assert info["document_encoder_sha256"] == load_model(tiny_model_dir).embedtune_fingerprint
