@@ -41,8 +41,6 @@ from .errors import InputError
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from .training import DevSplit, MinedData, RoundResult, TrainConfig
-
 log = logging.getLogger("embedtune")
 
 ROUTER_NAME = "Router"
@@ -130,39 +128,15 @@ def interpolate_query_side(model: "SentenceTransformer", alpha: float) -> "Sente
 # --------------------------------------------------------------------------- training
 
 
-def _training_queries(data: "MinedData", exclude: set[str], doc_row: dict[str, int]) -> tuple[list[str], list[str], list[list[int]]]:
-    """Query ids, texts and the corpus rows of every document judged relevant to each (rows
-    mining kept + graded qrels), dev queries left out."""
-    c = data.columns
-    text: dict[str, str] = {}
-    relevant: dict[str, set[str]] = {}
-    for qid, query, pid in zip(c["query_id"], c["query"], c["positive_id"]):
-        if qid in exclude:
-            continue
-        text.setdefault(qid, query)
-        relevant.setdefault(qid, set()).add(pid)
-    for qid, docs in (data.qrels or {}).items():
-        if qid in relevant:
-            relevant[qid] |= {d for d, s in docs.items() if s > 0}
-    missing = sorted({d for r in relevant.values() for d in r} - set(doc_row))
-    if missing:
-        raise InputError(f"{len(missing)} positive document id(s) are not in the mined corpus (e.g. '{missing[0]}')",
-                         file=data.source, field="positive_id")
-    qids = sorted(relevant)
-    return qids, [text[q] for q in qids], [sorted(doc_row[d] for d in relevant[q]) for q in qids]
+def _dev_ndcg(queries: Any, doc_vectors: Any, doc_ids: list[str], dev_ids: list[str], qrels: dict[str, dict[str, int]]) -> float:
+    """Mean dev nDCG@10 of exact search over the whole corpus (the project's metric code)."""
+    from .evaluation import compute_metrics
 
-
-def _dev_ndcg(queries: Any, doc_vectors: Any, relevant_rows: list[set[int]]) -> float:
-    """Mean nDCG@10 (binary gains) of exact search: the dev signal, computed on tensors."""
-    k = min(10, doc_vectors.shape[0])
-    top = (queries @ doc_vectors.T).topk(k, dim=1).indices.tolist()
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    scores = []
-    for ranked, rel in zip(top, relevant_rows):
-        dcg = sum(discounts[i] for i, d in enumerate(ranked) if d in rel)
-        ideal = discounts[: min(len(rel), k)].sum()
-        scores.append(dcg / ideal if ideal else 0.0)
-    return float(np.mean(scores)) if scores else 0.0
+    top = (queries @ doc_vectors.T).topk(min(10, doc_vectors.shape[0]), dim=1)
+    run = {q: {doc_ids[j]: float(v) for v, j in zip(vals, idx)}
+           for q, vals, idx in zip(dev_ids, top.values.tolist(), top.indices.tolist())}
+    scores = compute_metrics(qrels, run, ignore_identical_ids=False, only=("ndcg@10",))["ndcg@10"]
+    return float(np.mean(list(scores.values())))
 
 
 class _Adapter:
@@ -234,39 +208,46 @@ class _Encoder:
         return add_query_encoder(self.base, self.model)
 
 
-def train_query_side(data: "MinedData", cfg: "TrainConfig", dev: "DevSplit | None", model_dir: Path, *,
-                     progress: bool = True) -> "RoundResult":
-    """Train the query side (``cfg.query_side``) on ``data`` and save the model into ``model_dir``."""
+def train_query_side(cfg: Any, corpus: dict[str, str], queries: dict[str, str], relevant: dict[str, set[str]],
+                     dev_queries: dict[str, str] | None, dev_relevant: dict[str, set[str]] | None, model_dir: Path, *,
+                     precision: str, progress: bool = True) -> dict[str, Any]:
+    """Train the query side (``cfg.query_side``) and save the model into ``model_dir``.
+
+    ``cfg`` is a :class:`embedtune.training.TrainConfig` (training calls this; this module does
+    not import it back). ``queries`` / ``relevant``: the training queries and the ids of their
+    relevant documents, all in ``corpus``; ``dev_*`` the same for dev, or None. Returns the best
+    dev score, the base model's, the curve, the steps and the seconds.
+    """
     import torch
 
     from .encoding import encode_corpus, encode_queries
     from .io import save_model_atomically
     from .models import load_model
-    from .training import RoundResult, _mined_corpus, resolve_precision
 
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     base = load_model(cfg.model)
-    corpus, corpus_desc = _mined_corpus(data)
     doc_ids = list(corpus)
     doc_row = {d: i for i, d in enumerate(doc_ids)}
     docs = torch.from_numpy(np.array(encode_corpus(base, cfg.model, doc_ids, [corpus[d] for d in doc_ids], show_progress=progress)))
-    qids, qtexts, positives = _training_queries(data, dev.exclude_query_ids if dev else set(), doc_row)
+    qids = sorted(queries)
+    qtexts = [queries[q] for q in qids]
+    positives = [sorted(doc_row[d] for d in relevant[q]) for q in qids]
     if cfg.query_side == "adapter":
         side: Any = _Adapter(base, torch.from_numpy(np.array(encode_queries(base, cfg.model, qids, qtexts))))
     else:
-        side = _Encoder(base, resolve_precision(cfg.precision), cfg.model.query_prompt)
+        side = _Encoder(base, precision, cfg.model.query_prompt)
 
-    dev_vectors = dev_texts = dev_relevant = None
-    if dev is not None:
-        if any(d not in doc_row for r in dev.relevant.values() for d in r):
+    dev_vectors = dev_texts = dev_ids = dev_qrels = None
+    if dev_queries is not None:
+        if any(d not in doc_row for r in dev_relevant.values() for d in r):
             raise InputError("dev queries judge documents outside the mined corpus: mine against the same corpus", field="dev.source")
-        dev_ids = sorted(dev.relevant)
-        dev_texts = [dev.queries[q] for q in dev_ids]
+        dev_ids = sorted(dev_relevant)
+        dev_texts = [dev_queries[q] for q in dev_ids]
+        dev_qrels = {q: {d: 1 for d in dev_relevant[q]} for q in dev_ids}
         # against the whole corpus, not the dev sample: its vectors are already here
         dev_vectors = torch.from_numpy(np.array(encode_queries(base, cfg.model, dev_ids, dev_texts)))
-        dev_relevant = [{doc_row[d] for d in dev.relevant[q]} for q in dev_ids]
 
     optimizer = torch.optim.AdamW(side.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
     epochs = max(1, round(cfg.epochs))
@@ -274,7 +255,7 @@ def train_query_side(data: "MinedData", cfg: "TrainConfig", dev: "DevSplit | Non
     total = cfg.max_steps or epochs * len(batches)
     warmup = cfg.warmup_ratio * total
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-    base_dev = _dev_ndcg(dev_vectors, docs, dev_relevant) if dev is not None else None
+    base_dev = _dev_ndcg(dev_vectors, docs, doc_ids, dev_ids, dev_qrels) if dev_queries is not None else None
     best: tuple[float | None, int, Any] = (base_dev, 0, side.snapshot())
     curve: dict[str, list] = {"loss": [], "dev": [] if base_dev is None else [{"step": 0, "ndcg@10": base_dev}]}
     step, patience_left = 0, cfg.dev.early_stopping_patience
@@ -302,11 +283,11 @@ def train_query_side(data: "MinedData", cfg: "TrainConfig", dev: "DevSplit | Non
             if step >= total:
                 break
         curve["loss"].append({"step": step, "loss": float(np.mean(losses)), "learning_rate": scheduler.get_last_lr()[0]})
-        if dev is None:
+        if dev_queries is None:
             best = (None, step, side.snapshot())
         else:
             with torch.no_grad():
-                score = _dev_ndcg(side.embed_dev(dev_vectors, dev_texts), docs, dev_relevant)
+                score = _dev_ndcg(side.embed_dev(dev_vectors, dev_texts), docs, doc_ids, dev_ids, dev_qrels)
             curve["dev"].append({"step": step, "ndcg@10": score})
             log.info("query %s: epoch %d, loss %.4f, dev nDCG@10 %.4f", cfg.query_side, epoch + 1, np.mean(losses), score)
             if score > best[0]:
@@ -322,8 +303,6 @@ def train_query_side(data: "MinedData", cfg: "TrainConfig", dev: "DevSplit | Non
             break
     curve["steps"] = step
     save_model_atomically(side.build(best[2]), model_dir)
-    stats = {"mined_rows": data.num_rows, "train_queries": len(qids), "train_rows": len(qids),
-             "corpus_documents": len(doc_ids), "best_step": best[1], "documents_encoded_by_new_model": 0}
-    log.info("query %s: %d queries against %s, best dev at step %d", cfg.query_side, len(qids), corpus_desc, best[1])
-    return RoundResult(model_dir=model_dir, best_dev=best[0], base_dev=base_dev, curve=curve, steps=step, stats=stats,
-                       dev_description=dev.description if dev else None, seconds=time.perf_counter() - t0)
+    log.info("query %s: %d queries against %d documents, best dev at step %d", cfg.query_side, len(qids), len(doc_ids), best[1])
+    return {"best_dev": best[0], "base_dev": base_dev, "best_step": best[1], "curve": curve, "steps": step,
+            "seconds": time.perf_counter() - t0}

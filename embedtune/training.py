@@ -377,6 +377,26 @@ def _mined_corpus(data: MinedData) -> tuple[dict[str, str], str]:
     return corpus, desc
 
 
+def _query_positives(data: MinedData, exclude: set[str], corpus: dict[str, str]) -> tuple[dict[str, str], dict[str, set[str]]]:
+    """Training queries and the ids of every document judged relevant to each (rows mining kept +
+    graded qrels), the ``exclude`` (dev) queries left out: what the query side trains on."""
+    c = data.columns
+    queries: dict[str, str] = {}
+    relevant: dict[str, set[str]] = {}
+    for qid, query, pid in zip(c["query_id"], c["query"], c["positive_id"]):
+        if qid not in exclude:
+            queries.setdefault(qid, query)
+            relevant.setdefault(qid, set()).add(pid)
+    for qid, docs in (data.qrels or {}).items():
+        if qid in relevant:
+            relevant[qid] |= {d for d, s in docs.items() if s > 0}
+    missing = sorted({d for r in relevant.values() for d in r} - set(corpus))
+    if missing:
+        raise InputError(f"{len(missing)} positive document id(s) are not in the mined corpus (e.g. '{missing[0]}')",
+                         file=data.source, field="positive_id")
+    return queries, relevant
+
+
 def _sample_corpus(corpus, relevant, data: MinedData, queries, max_docs: int, rng: random.Random) -> dict[str, str]:
     keep = {d for r in relevant.values() for d in r}
     for qid, neg_ids in zip(data.columns["query_id"], data.columns["negative_ids"]):
@@ -857,7 +877,16 @@ def train_model(
     if cfg.side == "query":
         from .query_side import train_query_side
 
-        result = train_query_side(data, cfg, make_dev_split(data, cfg), out / "model", progress=progress)
+        dev = make_dev_split(data, cfg)
+        corpus, _ = _mined_corpus(data)
+        queries, relevant = _query_positives(data, dev.exclude_query_ids if dev else set(), corpus)
+        trained = train_query_side(cfg, corpus, queries, relevant, dev.queries if dev else None, dev.relevant if dev else None,
+                                   out / "model", precision=resolve_precision(cfg.precision), progress=progress)
+        stats = {"mined_rows": data.num_rows, "train_queries": len(queries), "train_rows": len(queries),
+                 "corpus_documents": len(corpus), "best_step": trained["best_step"], "documents_encoded_by_new_model": 0}
+        result = RoundResult(model_dir=out / "model", best_dev=trained["best_dev"], base_dev=trained["base_dev"],
+                             curve=trained["curve"], steps=trained["steps"], stats=stats,
+                             dev_description=dev.description if dev else None, seconds=trained["seconds"])
         rounds.append({"round": 1, "model": str(out / "model"), "best_dev_ndcg@10": result.best_dev,
                        "base_dev_ndcg@10": result.base_dev, "steps": result.steps, "rows": result.stats,
                        "seconds": round(result.seconds, 1), "curve": result.curve})
