@@ -158,6 +158,11 @@ def corpus_hash(ids: Sequence[str], texts: Sequence[str]) -> str:
     return h.hexdigest()
 
 
+def task_prompt(model_cfg: ModelConfig, task: str) -> str:
+    """The prompt of ``task`` texts: the document prompt for "document", else the query prompt."""
+    return model_cfg.document_prompt if task == "document" else model_cfg.query_prompt
+
+
 def cache_key(model: "SentenceTransformer", model_cfg: ModelConfig, ids: Sequence[str], texts: Sequence[str], *,
               task: str = "document") -> str:
     """Hash of everything that decides the vectors of ``task`` ("document" or "query") texts.
@@ -172,7 +177,7 @@ def cache_key(model: "SentenceTransformer", model_cfg: ModelConfig, ids: Sequenc
     parts = {
         "format": CACHE_FORMAT,
         "model": document_fingerprint(model) if task == "document" else model.embedtune_fingerprint,
-        "prompt": model_cfg.document_prompt if task == "document" else model_cfg.query_prompt,
+        "prompt": task_prompt(model_cfg, task),
         "max_seq_length": model.max_seq_length,
         "precision": resolve_precision(model_cfg.precision, model_device(model)),
         "corpus": corpus_hash(ids, texts),
@@ -224,7 +229,7 @@ def _encode_cached(
     task: str, cache_dir: str | Path | None, show_progress: bool,
 ) -> np.ndarray:
     what = "corpus" if task == "document" else "query"
-    prompt = model_cfg.document_prompt if task == "document" else model_cfg.query_prompt
+    prompt = task_prompt(model_cfg, task)
     path = cache_path(model, model_cfg, ids, texts, cache_dir, task=task)
     dim = model.get_embedding_dimension()
     if path.is_file():
