@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import ConfigError
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+# Inference adds int8: the transformer as a dynamically quantised ONNX graph (embedtune.onnx_model)
+InferencePrecision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 
 
 class StrictModel(BaseModel):
@@ -32,7 +34,8 @@ class ModelConfig(StrictModel):
     document_prompt: str = Field("", description="Prefix for passages, e.g. 'passage: ' for e5 models.")
     max_seq_length: int | None = Field(None, gt=0, description="Token limit; default: the model's own.")
     batch_size: int = Field(64, gt=0)
-    precision: Precision = Field("auto", description="Inference precision; 'auto' picks the measured default.")
+    precision: InferencePrecision = Field(
+        "auto", description="Inference precision: fp32 | bf16 | fp16 (CUDA) | int8 (CPU, onnxruntime); 'auto' picks the measured default.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1'...")
     trust_remote_code: bool = Field(False, description="Run code shipped with a model. Off unless asked for.")
 

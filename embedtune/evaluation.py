@@ -260,6 +260,40 @@ def dense_run(model_cfg: ModelConfig, ds: BeirDataset, *, top_k: int, cache_dir:
     return run, info
 
 
+def sampled_precision_check(reference, other, source: str, prompts: dict[str, str], *, queries: int = 200,
+                            distractors: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """nDCG@10 of two encoders of one model (torch vs its int8 twin) on a sample of the benchmark
+    ``source`` (``DIR[:split]``): ``queries`` sampled queries against their judged documents plus
+    ``distractors`` other documents -- a check that takes a minute, not the full evaluation."""
+    from .encoding import encode_texts
+    from .search import exact_search
+
+    folder, split = parse_benchmark_source(source)
+    ds = load_beir(folder, split)
+    rng = np.random.default_rng(seed)
+    qids = sorted(ds.qrels)
+    qids = sorted(rng.choice(qids, size=min(queries, len(qids)), replace=False).tolist())
+    judged = sorted({d for q in qids for d in ds.qrels[q] if d in ds.corpus})
+    rest = sorted(set(ds.corpus) - set(judged))
+    doc_ids = judged + sorted(rng.choice(rest, size=min(distractors, len(rest)), replace=False).tolist())
+    texts = [ds.corpus[d].full_text for d in doc_ids]
+    qrels = {q: ds.qrels[q] for q in qids}
+    per_query = {}
+    for name, model in (("torch", reference), ("int8", other)):
+        docs = encode_texts(model, texts, prompt=prompts["document"], precision="fp32", show_progress=False)
+        qv = encode_texts(model, [ds.queries[q] for q in qids], prompt=prompts["query"], precision="fp32",
+                          show_progress=False, task="query")
+        scores, idx = exact_search(qv, docs, min(100, len(doc_ids)))
+        run = {q: {doc_ids[j]: float(v) for j, v in zip(idx[i], scores[i]) if j >= 0} for i, q in enumerate(qids)}
+        per_query[name] = compute_metrics(qrels, run)
+    a = [per_query["torch"][HEADLINE][q] for q in qids]
+    b = [per_query["int8"][HEADLINE][q] for q in qids]
+    test = paired_randomization_test(a, b)
+    return {"dataset": f"{folder.name}:{split}", "queries": len(qids), "documents": len(doc_ids),
+            "ndcg@10_torch": round(float(np.mean(a)), 5), "ndcg@10_int8": round(float(np.mean(b)), 5),
+            "ndcg@10_delta": round(float(np.mean(b) - np.mean(a)), 5), "p_value": round(test["p_value"], 4)}
+
+
 def _top(results: dict[str, float], qid: str, k: int) -> dict[str, float]:
     """The query's own id removed (as beir does), then the best ``k``."""
     results.pop(qid, None)

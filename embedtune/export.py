@@ -30,7 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -39,7 +39,7 @@ from .config import StrictModel
 from .errors import IndexMismatchError, ModelError, RunDirError, first_line
 from .io import TMP_PREFIX, atomic_write_json, atomic_write_text, atomic_write_with, sha256_file, sha256_json
 from .manifest import MANIFEST, read_manifest, stage_key, write_manifest
-from .models import PICKLE_SUFFIXES, check_model_folder, model_fingerprint, read_query_side
+from .models import ALIASES, PICKLE_SUFFIXES, check_model_folder, model_fingerprint, read_query_side, resolve_model_path
 
 log = logging.getLogger("embedtune")
 
@@ -49,6 +49,10 @@ STAGE = "export"
 MODEL_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".tiktoken", ".py")
 PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")
 MIN_COSINE = 0.9999
+# int8 vectors are close to fp32, not equal (MiniLM: mean cosine 0.995, min 0.99, eval/results/encoding.md);
+# below this the quantised model is broken, not approximate
+INT8_MIN_COSINE = 0.95
+INT8_DIR = "model-int8"
 SAMPLE_TEXTS = (
     "What does this model do?",
     "A longer passage of text that the model turns into one vector, so that similar passages end up close together.",
@@ -58,8 +62,11 @@ SAMPLE_TEXTS = (
 
 class ExportConfig(StrictModel):
     onnx: bool = Field(False, description="Also export the transformer to ONNX (model/onnx/model.onnx), checked against torch.")
-    onnx_opset: int = Field(18, ge=14, description="ONNX opset of the export.")
+    int8: bool = Field(False, description="Also write model-int8/: the model with its transformer as an int8 ONNX graph (CPU serving).")
     check_samples: int = Field(64, gt=0, description="Texts (passages of the index when there is one) used to check the exported model.")
+    benchmark: str | None = Field(None, description="BEIR folder[:split] to measure the int8 model's nDCG@10 against the torch model on.")
+    benchmark_queries: int = Field(200, gt=0, description="Queries of the benchmark sampled for the int8 check.")
+    vector_db: Literal["qdrant"] | None = Field(None, description="Also write the index's passages and vectors into this embedded vector database (OUT/qdrant/).")
 
 
 # --------------------------------------------------------------------------- paths that stay inside
@@ -226,6 +233,8 @@ def _is_model_folder(p: Path) -> bool:
 def read_run_folder(run_dir: str | Path) -> RunParts:
     """Find the model, manifests, index and evaluation in ``run_dir`` and say what is missing."""
     root = Path(run_dir)
+    if not root.is_dir() and str(run_dir) in ALIASES:  # `embedtune export minilm`, as other commands accept it
+        root = resolve_model_path(str(run_dir))
     if not root.is_dir():
         raise RunDirError("run folder not found", file=root)
     if (m := _part(root, "train/model")) is not None and m.is_dir():
@@ -303,14 +312,8 @@ def _load_st(path: Path):
 
 
 def _check_same_embeddings(source, exported, texts: list[str], prompts: dict[str, str]) -> float:
-    """Min cosine between the run's and the exported model's vectors, documents and queries
-    (the two differ for a query-side model)."""
-    cos = 1.0
-    for task in ("document", "query"):
-        prompt = prompts[task] or None
-        a = source.encode(texts, prompt=prompt, normalize_embeddings=True, convert_to_numpy=True, task=task)
-        b = exported.encode(texts, prompt=prompt, normalize_embeddings=True, convert_to_numpy=True, task=task)
-        cos = min(cos, float(np.min(np.sum(a * b, axis=1))))
+    """Min cosine between the run's and the exported model's vectors (documents and queries)."""
+    cos, _ = embedding_cosines(source, exported, texts, prompts)
     if cos < MIN_COSINE:
         raise ModelError(f"exported model gives other embeddings than the run's model (min cosine {cos:.6f})")
     return cos
@@ -410,8 +413,10 @@ def _export_into(parts: RunParts, out: Path, cfg: ExportConfig) -> dict[str, Any
     model_out = out / "model"
     copied = copy_model_folder(parts.model_dir, model_out, parts.root, out)
     n_weights = verify_no_pickles(model_out)
-    fingerprint = model_fingerprint(model_out)
+    source_fingerprint = model_fingerprint(model_out)
     prompts = _prompts(parts)
+    _store_prompts(model_out, prompts)
+    fingerprint = model_fingerprint(model_out)
 
     # The exported folder must load with plain sentence-transformers and embed like the source.
     texts = _sample_texts(parts, cfg.check_samples)
@@ -420,7 +425,7 @@ def _export_into(parts: RunParts, out: Path, cfg: ExportConfig) -> dict[str, Any
     del source
 
     summary: dict[str, Any] = {
-        "run_kind": parts.kind, "model_sha256": fingerprint, "weights_files": n_weights,
+        "run_kind": parts.kind, "model_sha256": fingerprint, "source_model_sha256": source_fingerprint, "weights_files": n_weights,
         "model_files": len(copied.copied), "not_exported": list(copied.skipped), "missing": list(parts.missing),
         "check_min_cosine": min_cos, "dim": exported.get_embedding_dimension(), "max_seq_length": exported.max_seq_length,
         "prompts": prompts,
@@ -429,11 +434,20 @@ def _export_into(parts: RunParts, out: Path, cfg: ExportConfig) -> dict[str, Any
     if query_side:
         summary["query_side"] = query_side
     if parts.index_dir is not None:
-        summary["index"] = _export_index(parts, out / "index", fingerprint, summary["not_exported"])
+        summary["index"] = _export_index(parts, out / "index", source_fingerprint, fingerprint, summary["not_exported"])
+    if cfg.vector_db:
+        if "index" not in summary:
+            raise RunDirError("--vector-db writes the index's vectors: this run folder has no index (run 'embedtune index build')", file=parts.root)
+        from .vector_db import write_qdrant
+
+        db = write_qdrant(out / "index", out / cfg.vector_db)
+        summary["vector_db"] = {**db, "path": cfg.vector_db}
     if parts.eval_metrics is not None:
         atomic_write_json(out / "eval" / "metrics.json", parts.eval_metrics)
     if cfg.onnx:
-        summary["onnx"] = export_onnx(exported, model_out, texts, opset=cfg.onnx_opset)
+        summary["onnx"] = export_onnx(exported, model_out, texts, prompts)
+    if cfg.int8:
+        summary["int8"] = export_int8(exported, out, texts, prompts, cfg)
     del exported
 
     atomic_write_text(model_out / "README.md", render_model_card(parts, summary))
@@ -447,98 +461,71 @@ def _export_into(parts: RunParts, out: Path, cfg: ExportConfig) -> dict[str, Any
 # --------------------------------------------------------------------------- ONNX
 
 
-def onnx_available() -> bool:
-    import importlib.util
+def export_onnx(model, model_dir: Path, texts: list[str], prompts: dict[str, str]) -> dict[str, Any]:
+    """``model_dir/onnx/model.onnx``: the transformer as a fused fp32 ONNX graph
+    (:mod:`embedtune.onnx_model`; token tensors in, ``last_hidden_state`` out: the layout optimum
+    writes, so ``SentenceTransformer(path, backend="onnx")`` runs it where optimum is installed).
+    Checked by running it in onnxruntime against the torch model: min cosine >= ``MIN_COSINE``."""
+    from .onnx_model import FP32_FILE, export_graph, onnx_twin, require_onnx
 
-    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime", "onnxscript"))
-
-
-def export_onnx(model, model_dir: Path, texts: list[str], *, opset: int = 18, min_cosine: float = MIN_COSINE) -> dict[str, Any]:
-    """Export the model's transformer to ``model_dir/onnx/model.onnx`` and check it.
-
-    The graph takes the tokenizer's tensors and returns ``last_hidden_state``: the layout
-    optimum writes and sentence-transformers loads with ``SentenceTransformer(path,
-    backend="onnx")`` (pooling and normalisation stay in the sentence-transformers modules).
-    sentence-transformers' own exporter needs optimum, whose releases pin transformers < 5, so
-    the graph is exported here with ``torch.onnx.export`` (the dynamo exporter). The check runs
-    the graph with onnxruntime, applies the model's remaining modules and compares with the
-    torch embeddings: every cosine must be >= ``min_cosine``.
-    """
-    if not onnx_available():
-        raise ModelError("--onnx needs the packages onnx, onnxruntime and onnxscript (pip install onnx onnxruntime onnxscript)")
-    import torch
-
-    transformer = model[0]
-    auto_model = getattr(transformer, "auto_model", None)
-    tokenizer = getattr(transformer, "tokenizer", None)
-    if auto_model is None or tokenizer is None:
-        raise ModelError(f"ONNX export needs a Hugging Face transformer as the first module, got {type(transformer).__name__}", file=model_dir)
-    example = tokenizer(list(texts[:2]) or ["example"], padding=True, truncation=True, max_length=model.max_seq_length, return_tensors="pt")
-    accepted = set(inspect.signature(auto_model.forward).parameters)
-    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in example and n in accepted]
-
-    class LastHiddenState(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids, attention_mask, token_type_ids=None):
-            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if token_type_ids is not None:
-                kwargs["token_type_ids"] = token_type_ids
-            return self.inner(**kwargs).last_hidden_state
-
-    wrapper = LastHiddenState(auto_model).eval()
-    batch, seq = torch.export.Dim("batch_size"), torch.export.Dim("sequence_length")
+    require_onnx("--onnx")
     t0 = time.perf_counter()
-    onnx_path = model_dir / "onnx" / "model.onnx"
-
-    def write(tmp: Path) -> None:
-        with torch.no_grad():
-            program = torch.onnx.export(
-                wrapper, tuple(example[n] for n in names), input_names=names, output_names=["last_hidden_state"],
-                dynamic_shapes=tuple({0: batch, 1: seq} for _ in names), opset_version=opset, dynamo=True,
-                external_data=False, verbose=False,
-            )
-        program.save(str(tmp), external_data=False)
-
+    onnx_path = model_dir / FP32_FILE
+    names: list[str] = []
     try:
-        atomic_write_with(onnx_path, write)
+        atomic_write_with(onnx_path, lambda tmp: names.extend(export_graph(model, tmp)))
     except ModelError:
         raise
     except Exception as err:
-        msg = first_line(err)
-        raise ModelError(f"ONNX export failed: {msg}", file=model_dir) from None
+        raise ModelError(f"ONNX export failed: {first_line(err)}", file=model_dir) from None
     export_s = time.perf_counter() - t0
-    min_cos = check_onnx(model, onnx_path, texts, names)
-    if min_cos < min_cosine:
+    min_cos, _ = embedding_cosines(model, onnx_twin(model, model_dir, FP32_FILE), texts, prompts)
+    if min_cos < MIN_COSINE:
         onnx_path.unlink()
-        raise ModelError(f"ONNX embeddings differ from torch (min cosine {min_cos:.6f} < {min_cosine}); ONNX file removed", file=onnx_path)
-    return {"path": "model/onnx/model.onnx", "inputs": names, "opset": opset, "min_cosine": min_cos, "texts": len(texts),
+        raise ModelError(f"ONNX embeddings differ from torch (min cosine {min_cos:.6f} < {MIN_COSINE}); ONNX file removed", file=onnx_path)
+    return {"path": f"model/{FP32_FILE}", "inputs": names, "min_cosine": min_cos, "texts": len(texts),
             "bytes": onnx_path.stat().st_size, "export_s": round(export_s, 2)}
 
 
-def check_onnx(model, onnx_path: Path, texts: list[str], names: list[str], batch_size: int = 16) -> float:
-    """Smallest cosine between onnxruntime and torch embeddings of ``texts``."""
-    import onnxruntime as ort
-    import torch
+def export_int8(model, out: Path, texts: list[str], prompts: dict[str, str], cfg: ExportConfig) -> dict[str, Any]:
+    """``out/model-int8``: the model with its transformer as an int8 ONNX graph, loaded back the way
+    USAGE.md says (``SentenceTransformer(path, trust_remote_code=True)``) and compared with the
+    torch model: cosines on the check texts, and nDCG@10 on a sample of ``cfg.benchmark``."""
+    from sentence_transformers import SentenceTransformer
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    tokenizer = model[0].tokenizer
-    reference = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True, batch_size=batch_size)
-    parts = []
-    for i in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[i : i + batch_size], padding=True, truncation=True, max_length=model.max_seq_length, return_tensors="np")
-        hidden = session.run(["last_hidden_state"], {n: enc[n].astype(np.int64) for n in names})[0]
-        features = {k: torch.from_numpy(np.asarray(v)) for k, v in enc.items()}
-        features["token_embeddings"] = torch.from_numpy(hidden)
-        with torch.no_grad():
-            for module in list(model)[1:]:
-                features = module(features)
-        parts.append(features["sentence_embedding"].float().numpy())
-    emb = np.concatenate(parts)
-    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    return float(np.min(np.sum(emb * reference, axis=1)))
+    from .onnx_model import write_onnx_model
+
+    info = write_onnx_model(model, out / INT8_DIR)
+    try:
+        int8 = SentenceTransformer(str(out / INT8_DIR), device="cpu", local_files_only=True, trust_remote_code=True)
+    except Exception as err:
+        raise ModelError(f"the int8 model does not load back: {first_line(err)}", file=out / INT8_DIR) from None
+    min_cos, mean_cos = embedding_cosines(model, int8, texts, prompts)
+    if min_cos < INT8_MIN_COSINE:
+        raise ModelError(f"the int8 model's embeddings are too far from torch's (min cosine {min_cos:.4f} < {INT8_MIN_COSINE}): "
+                         "this model does not quantise well; export without --int8")
+    summary = {"path": INT8_DIR, "onnx_file": info["onnx_file"], "bytes": info["bytes"], "export_s": info["seconds"],
+               "min_cosine": min_cos, "mean_cosine": mean_cos, "texts": len(texts)}
+    if cfg.benchmark:
+        from .evaluation import sampled_precision_check
+
+        summary["benchmark"] = sampled_precision_check(model, int8, cfg.benchmark, prompts, queries=cfg.benchmark_queries)
+    return summary
+
+
+def embedding_cosines(source, other, texts: list[str], prompts: dict[str, str]) -> tuple[float, float]:
+    """Min and mean cosine between two models' vectors of ``texts``, as documents and as queries
+    (the two differ for a query-side model)."""
+    cos = []
+    for task in ("document", "query"):
+        prompt = prompts[task] or None
+        a = source.encode(texts, prompt=prompt, normalize_embeddings=True, convert_to_numpy=True, task=task)
+        b = other.encode(texts, prompt=prompt, normalize_embeddings=True, convert_to_numpy=True, task=task)
+        a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+        b /= np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+        cos.append(np.sum(a * b, axis=1))
+    allc = np.concatenate(cos)
+    return float(allc.min()), float(allc.mean())
 
 
 def _prompts(parts: RunParts) -> dict[str, str]:
@@ -550,9 +537,21 @@ def _prompts(parts: RunParts) -> dict[str, str]:
     return {"query": model_cfg.get("query_prompt", "") or "", "document": model_cfg.get("document_prompt", "") or ""}
 
 
-def _export_index(parts: RunParts, dst: Path, fingerprint: str, skipped: list[str]) -> dict[str, Any]:
+def _store_prompts(model_dir: Path, prompts: dict[str, str]) -> None:
+    """Write the query/document prompts into the model's ``config_sentence_transformers.json``, so
+    that every loader (``encode_query`` / ``encode_document``, ``prompt_name="query"``) applies them."""
+    path = model_dir / "config_sentence_transformers.json"
+    config = _read_json(path, "sentence-transformers config") if path.is_file() else {}
+    stored = {k: v for k, v in (config.get("prompts") or {}).items() if v}
+    wanted = {k: v for k, v in prompts.items() if v}
+    if stored != wanted:
+        atomic_write_json(path, {**config, "prompts": {**(config.get("prompts") or {}), **prompts}})
+
+
+def _export_index(parts: RunParts, dst: Path, fingerprint: str, exported_fingerprint: str, skipped: list[str]) -> dict[str, Any]:
     """Copy the files the index manifest lists (checking their sha256 on the way) and write its
-    manifest with the model path pointing at the exported model."""
+    manifest with the model path and fingerprint of the exported model (``fingerprint`` is the
+    run's model's: the one the index was built with)."""
     manifest = dict(parts.index_manifest or {})
     src = parts.index_dir
     source = src / MANIFEST
@@ -585,12 +584,16 @@ def _export_index(parts: RunParts, dst: Path, fingerprint: str, skipped: list[st
         fusion = read_fusion(src)
         chosen_on = _read_json(src / "fusion.json", "fusion settings").get("chosen_on") if (src / "fusion.json").is_file() else None
         write_fusion(dst, fusion, chosen_on=chosen_on)
-    info = {**info, "model_path": "../model"}
+    # same vectors: the exported model differs from the run's only by the prompts written into its config
+    info = {**info, "model_path": "../model", "model_sha256": exported_fingerprint}
+    if info.get("document_encoder_sha256") == fingerprint:
+        info["document_encoder_sha256"] = exported_fingerprint
     manifest["index"] = info
     if isinstance(manifest.get("models"), dict) and isinstance(manifest["models"].get("embedding"), dict):
         manifest["models"] = {**manifest["models"], "embedding": {**manifest["models"]["embedding"], "path": "../model"}}
     atomic_write_json(dst / MANIFEST, manifest)
-    out = {"count": info.get("count"), "backend": info.get("backend"), "dim": info.get("dim"), "files": len(log_.copied)}
+    out = {"count": info.get("count"), "backend": info.get("backend"), "dim": info.get("dim"), "files": len(log_.copied),
+           "precision": info.get("precision")}
     if fusion is not None:
         out["fusion"] = fusion.model_dump(mode="json")
     return out
@@ -710,7 +713,7 @@ def render_model_card(parts: RunParts, s: dict[str, Any]) -> str:
                 gcells = "".join(f"{_cell(c['guards'][g]['ndcg@10'])} (p {c['guards'][g]['p_value']:.3f}) | " for g in guards)
                 lines.append(f"| {c['name']} | {c['alpha']:g} | {_cell(c['dev_ndcg@10'])} | {gcells}{'yes' if c.get('qualified') else 'no'} |")
             lines.append("")
-    lines += ["## Evaluation", ""] + render_eval_table(parts.eval_metrics, s["model_sha256"]) + [""]
+    lines += ["## Evaluation", ""] + render_eval_table(parts.eval_metrics, s["source_model_sha256"]) + [""]
     lines += ["## Usage", "", "```python", "from sentence_transformers import SentenceTransformer", "",
               'model = SentenceTransformer("path/to/this/folder")',
               f"query_vectors = model.encode_query([\"your question\"]{_prompt_arg(s['prompts']['query'])})",
@@ -772,128 +775,149 @@ def render_eval_table(metrics: dict[str, Any] | None, fingerprint: str = "") -> 
     return lines
 
 
+QUERY = "what is this collection about?"
+TOP_K = 5
+
+
+def _usage_section(title: str, code: list[str], intro: str = "") -> list[str]:
+    return [f"## {title}", "", *([intro, ""] if intro else []), "```python", *code, "```", ""]
+
+
 def render_usage(s: dict[str, Any]) -> str:
     """USAGE.md: snippets with this export's prompts and paths relative to the export folder (it
-    can be moved, zipped and shipped). The tests execute them from that folder."""
-    model = "model"
+    can be moved, zipped and shipped). Every snippet prints the same lines for the same query --
+    score, passage id, text -- and the tests execute each one from the file and compare them."""
     qp, dp = s["prompts"]["query"], s["prompts"]["document"]
-    has_index = "index" in s
-    store = "index/passages.jsonl"
-    if has_index:
-        load_texts = [
-            f"with open({json.dumps(store)}, encoding=\"utf-8\") as fh:",
-            "    passages = [json.loads(line) for line in fh]",
-            "texts = [f\"{p['title']} {p['text']}\".strip() for p in passages]",
-        ]
-    else:
-        load_texts = ["texts = " + json.dumps(list(SAMPLE_TEXTS))]
-    import_json = ["import json", ""] if has_index else []
+    index, vdb, int8 = s.get("index"), s.get("vector_db"), s.get("int8")
+    query_side = bool(s.get("query_side"))
+    show = f"    print(f\"{{score:.3f}}  {{pid}}  {{text[:60]!r}}\")"
     lines = [
         "# Using the exported model", "",
         "Paths are relative to this folder: run the snippets from it, or put its location in front of them.", "",
-        f"Model: `{model}/` (sentence-transformers folder, safetensors). Vectors are L2-normalised: "
-        "cosine similarity = inner product.",
+        "Model: `model/` (sentence-transformers folder, safetensors). Vectors are L2-normalised: cosine = inner product. "
         f"Query prompt: {('`' + qp + '`') if qp else '(none)'}; document prompt: {('`' + dp + '`') if dp else '(none)'}. "
-        "Use them exactly as below, or the scores will not match the evaluation.", "",
+        "They are stored in `model/config_sentence_transformers.json`, so `encode_query` / `encode_document` (and "
+        "`prompt_name=\"query\"` / `\"document\"`) apply them; text encoded without them will not match the evaluation.", "",
         *_query_side_note(s),
-        "## sentence-transformers", "", "```python",
-        *import_json,
-        "from sentence_transformers import SentenceTransformer", "",
-        *load_texts,
-        "",
-        f"model = SentenceTransformer({json.dumps(model)})",
-        f"doc_vectors = model.encode_document(texts[:100]{_prompt_arg(dp)}, normalize_embeddings=True)",
-        f"query_vectors = model.encode_query([\"what is this collection about?\"]{_prompt_arg(qp)}, normalize_embeddings=True)",
-        "scores = model.similarity(query_vectors, doc_vectors)[0]",
-        "for score, i in zip(*scores.topk(min(3, len(texts[:100])))):",
-        "    print(f\"{score:.3f}  {texts[int(i)][:80]}\")",
-        "```", "",
     ]
-    if has_index:
+    if index:
         lines += [
-            "## The exported index (embedtune)", "",
-            f"`index/` holds {s['index']['count']:,} passages ({s['index']['backend']} backend) embedded with this model; "
-            "its manifest points at `../model`.", "", "```bash",
-            "embedtune search index \"your question\" -k 5",
-            "embedtune search index --queries queries.txt --out results.jsonl   # many queries in one call",
-            "```", "",
+            f"Index: `index/` holds {index['count']:,} passages ({index['backend']} backend). Their vectors were computed with "
+            f"the model in {index.get('precision', '?')} and are stored as float32; queries encoded in fp32 (or int8, "
+            "below) score within rounding of them.", "",
         ]
-    fusion = (s.get("index") or {}).get("fusion")
-    if fusion:
-        index_dir = json.dumps("index")
-        lines += [
-            "## Hybrid search: BM25 fused with this model", "",
-            f"`index/` also holds a BM25 index of the same passages, and `index/fusion.json` the fusion measured for "
-            f"this corpus: {fusion['method']} fusion, BM25 weight {fusion['bm25_weight']:.2f} (dense "
-            f"{1 - fusion['bm25_weight']:.2f}). `embedtune.retriever` returns that ranking; the LangChain and "
-            "LlamaIndex retrievers below are built on it (`pip install 'embedtune[rag]'`). Each hit keeps its "
-            "document id, passage position and character span for citations.", "", "```python",
-            "from embedtune.retriever import Retriever", "",
-            f"retriever = Retriever.load({index_dir})",
-            "for hit in retriever.search(\"what is this collection about?\", k=3):",
-            "    print(f\"{hit['score']:.3f}  {hit['doc_id']}  {hit['text'][:80]}\")",
-            "", "# LangChain",
-            "from embedtune.integrations.langchain import EmbedtuneRetriever as LangChainRetriever", "",
-            "docs = LangChainRetriever(retriever=retriever, k=3).invoke(\"what is this collection about?\")",
-            "", "# LlamaIndex",
-            "from embedtune.integrations.llamaindex import EmbedtuneRetriever as LlamaIndexRetriever", "",
-            "nodes = LlamaIndexRetriever(retriever, similarity_top_k=3).retrieve(\"what is this collection about?\")",
-            "```", "",
-            "From the command line: `embedtune search index \"your question\" --hybrid`.", "",
-        ]
-    enc = ["\"normalize_embeddings\": True"] + ([f"\"prompt\": {json.dumps(dp)}"] if dp else [])
-    qenc = ["\"normalize_embeddings\": True"] + ([f"\"prompt\": {json.dumps(qp)}"] if qp else [])
-    if s.get("query_side"):  # queries must take the model's query route (plain encode is the document side)
-        qenc.append("\"task\": \"query\"")
-    lines += [
-        "## LangChain (`pip install langchain-huggingface langchain-community faiss-cpu`)", "", "```python",
-        *import_json,
-        "from langchain_community.vectorstores import FAISS",
-        "from langchain_community.vectorstores.utils import DistanceStrategy",
-        "from langchain_huggingface import HuggingFaceEmbeddings", "",
-        *load_texts,
-        "",
-        "embeddings = HuggingFaceEmbeddings(",
-        f"    model_name={json.dumps(model)},",
-        f"    encode_kwargs={{{', '.join(enc)}}},",
-        f"    query_encode_kwargs={{{', '.join(qenc)}}},",
-        ")",
-        "store = FAISS.from_texts(texts, embeddings, distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT)",
-        "for doc, score in store.similarity_search_with_score(\"what is this collection about?\", k=3):",
-        "    print(f\"{score:.3f}  {doc.page_content[:80]}\")",
-        "```", "",
-        "## LlamaIndex (`pip install llama-index-core llama-index-embeddings-huggingface`)", "", "```python",
-        *import_json,
-        "from llama_index.core import VectorStoreIndex",
-        "from llama_index.core.schema import TextNode",
-        "from llama_index.embeddings.huggingface import HuggingFaceEmbedding", "",
-        *load_texts,
-        "",
-        *(["# query-side model: HuggingFaceEmbedding encodes queries on the document side (no adapter);",
-            "# search through the embedtune retriever above, or embed queries with model.encode_query"] if s.get("query_side") else []),
-        "embed_model = HuggingFaceEmbedding(",
-        f"    model_name={json.dumps(model)},",
-        f"    query_instruction={json.dumps(qp)},",
-        f"    text_instruction={json.dumps(dp)},",
-        "    normalize=True,",
-        ")",
-        "index = VectorStoreIndex([TextNode(text=t) for t in texts], embed_model=embed_model)",
-        "for hit in index.as_retriever(similarity_top_k=3).retrieve(\"what is this collection about?\"):",
-        "    print(f\"{hit.score:.3f}  {hit.node.get_content()[:80]}\")",
-        "```", "",
-    ]
-    if s.get("onnx"):
-        lines += [
-            "## ONNX", "",
-            f"`model/onnx/model.onnx` takes {', '.join(s['onnx']['inputs'])} and returns `last_hidden_state` (pooling and "
-            "normalisation are the model's sentence-transformers modules). With optimum installed "
-            "(`pip install \"sentence-transformers[onnx]\"`), sentence-transformers runs it directly:", "", "```python",
+    load_store = ["import json", "", "with open(\"index/passages.jsonl\", encoding=\"utf-8\") as fh:",
+                  "    passages = [json.loads(line) for line in fh]",
+                  "texts = [f\"{p['title']} {p['text']}\".strip() for p in passages]"] if index else \
+                 ["texts = " + json.dumps(list(SAMPLE_TEXTS)), "passages = [{\"id\": str(i)} for i in range(len(texts))]"]
+    lines += _usage_section("sentence-transformers", [
+        "from sentence_transformers import SentenceTransformer", "", *load_store, "",
+        "model = SentenceTransformer(\"model\")",
+        "doc_vectors = model.encode_document(texts, normalize_embeddings=True)",
+        f"query_vector = model.encode_query([{json.dumps(QUERY)}], normalize_embeddings=True)",
+        "scores = model.similarity(query_vector, doc_vectors)[0]",
+        f"for score, i in zip(*scores.topk(min({TOP_K}, len(texts)))):",
+        "    score, pid, text = float(score), passages[int(i)][\"id\"], texts[int(i)]", show,
+    ], "Encodes the passages again -- for a quick look; the stores below reuse the exported vectors.")
+    if int8:
+        bench = int8.get("benchmark")
+        measured = (f" nDCG@10 on {bench['queries']} queries of {bench['dataset']}: {bench['ndcg@10_int8']:.4f} int8 vs "
+                    f"{bench['ndcg@10_torch']:.4f} torch ({bench['ndcg@10_delta']:+.4f}, p = {bench['p_value']:.3f}).") if bench else ""
+        lines += _usage_section("int8 on CPU (`model-int8/`)", [
             "from sentence_transformers import SentenceTransformer", "",
-            f"model = SentenceTransformer({json.dumps(model)}, backend=\"onnx\")",
-            f"vectors = model.encode_document([\"a passage\"]{_prompt_arg(dp)}, normalize_embeddings=True)",
-            "```", "",
-        ]
+            "# trust_remote_code: the folder's transformer is embedtune.onnx_model.OnnxTransformer (an installed",
+            "# package, pip install 'embedtune[onnx]'): sentence-transformers 6 asks before importing any class outside itself",
+            "model = SentenceTransformer(\"model-int8\", trust_remote_code=True)",
+            f"query_vector = model.encode_query([{json.dumps(QUERY)}], normalize_embeddings=True)",
+            "print(query_vector.shape)",
+        ], "`model-int8/` is the same model with its transformer as a dynamically quantised int8 ONNX graph run by "
+           f"onnxruntime: several times faster than fp32 torch on CPU, close but not equal to it (cosine to torch mean "
+           f"{int8['mean_cosine']:.4f}, min {int8['min_cosine']:.4f} on {int8['texts']} texts).{measured} In LangChain pass "
+           "`model_kwargs={\"trust_remote_code\": True}` to `HuggingFaceEmbeddings`, in LlamaIndex `trust_remote_code=True` "
+           "to `HuggingFaceEmbedding`, with `model_name=\"model-int8\"`.")
+    if index:
+        lines += ["## The exported index (embedtune)", "", "```bash",
+                  "embedtune search index \"your question\" -k 5",
+                  "embedtune search index --queries queries.txt --out results.jsonl   # many queries in one call",
+                  "```", ""]
+        lines += _usage_section("embedtune retriever", [
+            "from embedtune.retriever import Retriever", "",
+            "retriever = Retriever.load(\"index\", hybrid=False)",
+            f"for hit in retriever.search({json.dumps(QUERY)}, k={TOP_K}):",
+            "    score, pid, text = hit[\"score\"], hit[\"passage_id\"], hit[\"text\"]", show,
+        ], "Each hit carries `doc_id`, `position` and `char_start`/`char_end` (the passage's span in its document) for citations.")
+    fusion = (index or {}).get("fusion")
+    if fusion:
+        lines += _usage_section("Hybrid search: BM25 fused with this model", [
+            "from embedtune.retriever import Retriever",
+            "from embedtune.integrations.langchain import EmbedtuneRetriever as LangChainRetriever",
+            "from embedtune.integrations.llamaindex import EmbedtuneRetriever as LlamaIndexRetriever", "",
+            "retriever = Retriever.load(\"index\")  # hybrid: the index has a BM25 part",
+            f"for hit in retriever.search({json.dumps(QUERY)}, k={TOP_K}):",
+            "    score, pid, text = hit[\"score\"], hit[\"passage_id\"], hit[\"text\"]", show,
+            f"docs = LangChainRetriever(retriever=retriever, k={TOP_K}).invoke({json.dumps(QUERY)})",
+            f"nodes = LlamaIndexRetriever(retriever, similarity_top_k={TOP_K}).retrieve({json.dumps(QUERY)})",
+            "assert [d.id for d in docs] == [n.node.node_id for n in nodes]",
+        ], f"`index/` also holds a BM25 index of the same passages, and `index/fusion.json` the fusion measured for this "
+           f"corpus: {fusion['method']} fusion, BM25 weight {fusion['bm25_weight']:.2f} (dense {1 - fusion['bm25_weight']:.2f}). "
+           "`embedtune.retriever` returns that ranking; the LangChain and LlamaIndex retrievers are built on it "
+           "(`pip install 'embedtune[rag]'`). From the command line: `embedtune search index \"your question\" --hybrid`.")
+    q_kwargs = "{\"normalize_embeddings\": True, \"prompt_name\": \"query\"" + (", \"task\": \"query\"}" if query_side else "}")
+    embeddings = ["embeddings = HuggingFaceEmbeddings(",
+                  "    model_name=\"model\",",
+                  "    encode_kwargs={\"normalize_embeddings\": True, \"prompt_name\": \"document\"},",
+                  f"    query_encode_kwargs={q_kwargs},", ")"]
+    if vdb:
+        lines += _usage_section(f"Vector database: Qdrant (`{vdb['path']}/`)", [
+            "from qdrant_client import QdrantClient",
+            "from sentence_transformers import SentenceTransformer", "",
+            "model = SentenceTransformer(\"model\")",
+            f"client = QdrantClient(path={json.dumps(vdb['path'])})",
+            f"query_vector = model.encode_query({json.dumps(QUERY)}, normalize_embeddings=True)",
+            f"for point in client.query_points({json.dumps(vdb['collection'])}, query=query_vector.tolist(), limit={TOP_K}).points:",
+            "    score, pid, text = point.score, point.payload[\"passage_id\"], point.payload[\"text\"]", show,
+            "client.close()",
+        ], f"`{vdb['path']}/` is a Qdrant database (local mode, `pip install qdrant-client`) holding the index's "
+           f"{vdb['count']:,} passages with their vectors (not encoded again), collection `{vdb['collection']}`. Point ids are "
+           "row numbers; each payload holds `text`, `doc_id`, `passage_id`, `position`, `title`, `char_start`, `char_end` "
+           "(also under `metadata`, where LangChain reads them). The same code runs against a Qdrant server: "
+           "`QdrantClient(url=...)` after uploading the points.")
+        lines += _usage_section("LangChain (`pip install 'embedtune[rag]'`)", [
+            "from langchain_huggingface import HuggingFaceEmbeddings",
+            "from langchain_qdrant import QdrantVectorStore",
+            "from qdrant_client import QdrantClient", "", *embeddings,
+            f"store = QdrantVectorStore(client=QdrantClient(path={json.dumps(vdb['path'])}), collection_name={json.dumps(vdb['collection'])},",
+            "                          embedding=embeddings, content_payload_key=\"text\", metadata_payload_key=\"metadata\")",
+            f"for doc, score in store.similarity_search_with_score({json.dumps(QUERY)}, k={TOP_K}):",
+            "    pid, text = doc.metadata[\"passage_id\"], doc.page_content", show,
+            "store.client.close()",
+        ], "The exported vectors through LangChain's Qdrant store; queries are embedded with the model and its query prompt.")
+        lines += _usage_section("LlamaIndex (`pip install 'embedtune[rag]'`)", [
+            "from llama_index.core import VectorStoreIndex",
+            "from llama_index.embeddings.huggingface import HuggingFaceEmbedding",
+            "from llama_index.vector_stores.qdrant import QdrantVectorStore",
+            "from qdrant_client import QdrantClient", "",
+            *(["# query-side model: HuggingFaceEmbedding encodes queries on the document side (no adapter);",
+               "# search through the embedtune retriever above, or embed queries with model.encode_query"] if query_side else []),
+            "embed_model = HuggingFaceEmbedding(model_name=\"model\", query_instruction=" + json.dumps(qp)
+            + ", text_instruction=" + json.dumps(dp) + ", normalize=True)",
+            f"client = QdrantClient(path={json.dumps(vdb['path'])})",
+            f"store = QdrantVectorStore(client=client, collection_name={json.dumps(vdb['collection'])})",
+            "index = VectorStoreIndex.from_vector_store(store, embed_model=embed_model)",
+            f"for hit in index.as_retriever(similarity_top_k={TOP_K}).retrieve({json.dumps(QUERY)}):",
+            "    score, pid, text = hit.score, hit.node.metadata[\"passage_id\"], hit.node.get_content()", show,
+            "client.close()",
+        ], "The exported vectors through LlamaIndex's Qdrant store.")
+    else:
+        hint = " (export with `--vector-db qdrant` to use the index's vectors instead of encoding again)" if index else ""
+        lines += _usage_section("LangChain (`pip install 'embedtune[rag]'`)", [
+            "from langchain_core.vectorstores import InMemoryVectorStore",
+            "from langchain_huggingface import HuggingFaceEmbeddings", "", *load_store, "", *embeddings,
+            "store = InMemoryVectorStore.from_texts(texts, embeddings, metadatas=[{\"passage_id\": p[\"id\"]} for p in passages])",
+            f"for doc, score in store.similarity_search_with_score({json.dumps(QUERY)}, k={TOP_K}):",
+            "    pid, text = doc.metadata[\"passage_id\"], doc.page_content", show,
+        ], f"Encodes the texts in memory{hint}.")
     return "\n".join(lines)
 
 
-__all__ = ["ExportConfig", "export_run", "read_run_folder", "copy_model_folder", "model_files", "verify_no_pickles", "safe_relative", "export_onnx"]
+__all__ = ["ExportConfig", "export_run", "read_run_folder", "copy_model_folder", "model_files", "verify_no_pickles", "safe_relative", "export_onnx", "export_int8"]

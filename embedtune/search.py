@@ -248,6 +248,13 @@ class Searcher:
         ids = self._ids
         return scores, [[ids[r] for r in row if r >= 0] for row in rows.tolist()]
 
+    def vectors(self) -> np.ndarray:
+        """The stored vectors, (ntotal, dim) float32, row ``i`` under ``ids[i]`` (to hand them to
+        another store without encoding again)."""
+        if self.ntotal == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return np.ascontiguousarray(self._all_vectors(), dtype=np.float32)
+
     def save(self, folder: str | os.PathLike) -> Path:
         """Write the searcher to ``folder``; ``searcher.json`` is written last, so a folder with
         it is complete (load checks each file against it)."""
@@ -280,6 +287,10 @@ class Searcher:
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(Q, k) scores and row positions (-1: none found), best first."""
+        raise NotImplementedError
+
+    def _all_vectors(self) -> np.ndarray:
+        """Every stored vector, in row order."""
         raise NotImplementedError
 
     def _save(self, folder: Path) -> list[str]:
@@ -351,6 +362,9 @@ class ExactSearcher(Searcher):
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return exact_search(queries, self._vectors, k)
 
+    def _all_vectors(self) -> np.ndarray:
+        return self._vectors
+
     def _save(self, folder: Path) -> list[str]:
         atomic_save_npy(folder / VECTORS_FILE, self._vectors)
         return [VECTORS_FILE]
@@ -407,6 +421,9 @@ class FaissSearcher(Searcher):
 
     def _rows_of(self, labels: np.ndarray) -> np.ndarray:
         return labels  # labels are row positions, -1 where faiss found nothing
+
+    def _all_vectors(self) -> np.ndarray:
+        return self._index.reconstruct_n(0, self._index.ntotal)
 
     def _save(self, folder: Path) -> list[str]:
         atomic_write_with(folder / FAISS_FILE, lambda tmp: self._faiss.write_index(self._index, str(tmp)))
@@ -504,6 +521,11 @@ class FaissIVFSearcher(FaissSearcher):
     def _rows_of(self, labels: np.ndarray) -> np.ndarray:
         rows = np.searchsorted(self._labels, labels)
         return np.where(labels >= 0, rows, -1)
+
+    def _all_vectors(self) -> np.ndarray:
+        index = self._faiss.clone_index(self._index)  # the direct map is a reconstruct-only structure: not saved
+        index.make_direct_map()
+        return index.reconstruct_batch(self._labels)
 
     def _save(self, folder: Path) -> list[str]:
         atomic_save_npy(folder / LABELS_FILE, self._labels)

@@ -1,15 +1,16 @@
-"""Benchmark: CPU encoding speed and quality of fp32 vs bf16 (all-MiniLM-L6-v2).
+"""Benchmark: CPU encoding speed and quality of fp32 vs bf16 vs int8 (all-MiniLM-L6-v2).
 
 Speed: the same sample of corpus documents (every k-th document of each dataset, title + " " +
-text) is encoded in fp32, in bf16 as ``embedtune.encoding`` does it (a bfloat16 copy of the model)
-and under ``torch.autocast(bfloat16)`` (fp32 weights, bf16 matrix products), interleaved round by
-round in one process so that all three see the same machine. Per method: docs/s (median wall
+text) is encoded in fp32, in bf16 as ``embedtune.encoding`` does it (a bfloat16 copy of the model),
+under ``torch.autocast(bfloat16)`` (fp32 weights, bf16 matrix products) and in int8 (the
+transformer as a dynamically quantised ONNX graph in onnxruntime, ``embedtune.onnx_model``),
+interleaved round by round in one process so that all three see the same machine. Per method: docs/s (median wall
 time over rounds) and docs per CPU-second of this process (less sensitive to other processes on
 a shared machine than wall time). The load average is recorded with the figures.
 
-Quality: nDCG@10 of the full test evaluation (exact cosine search, all queries) in fp32 and in
-bf16 on each dataset, the paired randomization test of the difference, and the cosine between
-each document's fp32 and bf16 vectors. Full-corpus embeddings come from (and go to) the shared
+Quality: nDCG@10 of the full test evaluation (exact cosine search, all queries) in fp32, bf16
+and int8 on each dataset, the paired randomization test of each difference to fp32, and the
+cosine between each document's fp32 and bf16 / int8 vectors. Full-corpus embeddings come from (and go to) the shared
 embedding cache, so re-running only re-times the sample.
 
 bf16 becomes ``AUTO_PRECISION_CPU`` only if it costs less than 0.002 nDCG@10 on every dataset.
@@ -40,7 +41,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATASETS = ROOT.parent / "shared" / "datasets"
 RESULTS = ROOT / "eval" / "results" / "encoding.md"
 MAX_NDCG_COST = 0.002
-METHODS = ("fp32", "bf16", "bf16-autocast")
+METHODS = ("fp32", "bf16", "bf16-autocast", "int8")
+REDUCED = ("bf16", "int8")  # the precisions whose quality is measured against fp32
 
 
 def cpu_seconds() -> float:
@@ -114,13 +116,13 @@ def time_speed(model, texts: list[str], rounds: int, batch_size: int) -> dict:
 def quality(folder: Path, model_name: str) -> dict:
     from embedtune.config import ModelConfig
     from embedtune.corpus import load_beir
-    from embedtune.encoding import cache_path, encode_corpus
+    from embedtune.encoding import encode_corpus
     from embedtune.evaluation import HEADLINE, compute_metrics, dense_run, mean_metrics, paired_randomization_test
     from embedtune.models import load_model
 
     ds = load_beir(folder, "test")
     per_query, info = {}, {}
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", *REDUCED):
         cfg = ModelConfig(name=model_name, precision=precision)
         t0 = time.perf_counter()
         run, info[precision] = dense_run(cfg, ds, top_k=1000, cache_dir=None, show_progress=False)
@@ -128,26 +130,25 @@ def quality(folder: Path, model_name: str) -> dict:
         print(f"{folder.name} {precision}: {HEADLINE} {mean_metrics(per_query[precision])[HEADLINE]:.4f} "
               f"({time.perf_counter() - t0:.0f} s, corpus from cache: {info[precision]['corpus_from_cache']})", file=sys.stderr)
     qids = sorted(per_query["fp32"][HEADLINE])
-    test = paired_randomization_test([per_query["fp32"][HEADLINE][q] for q in qids], [per_query["bf16"][HEADLINE][q] for q in qids])
-    # document vectors of both precisions, from the cache the evaluation just filled
+    # document vectors of every precision, from the cache the evaluation just filled
     model = load_model(model_name)
     ids = list(ds.corpus)
     texts = [ds.corpus[d].full_text for d in ids]
-    vecs = {}
-    for precision in ("fp32", "bf16"):
-        cfg = ModelConfig(name=model_name, precision=precision)
-        assert cache_path(model, cfg, ids, texts).is_file()
-        vecs[precision] = encode_corpus(model, cfg, ids, texts, show_progress=False)
-    cos = np.sum(np.asarray(vecs["fp32"]) * np.asarray(vecs["bf16"]), axis=1)
-    fp32, bf16 = mean_metrics(per_query["fp32"]), mean_metrics(per_query["bf16"])
-    return {
-        "queries": len(qids), "documents": len(ids),
-        "ndcg@10_fp32": round(fp32[HEADLINE], 5), "ndcg@10_bf16": round(bf16[HEADLINE], 5),
-        "ndcg@10_delta": round(bf16[HEADLINE] - fp32[HEADLINE], 5), "p_value": round(test["p_value"], 4),
-        "recall@100_delta": round(bf16["recall@100"] - fp32["recall@100"], 5),
-        "doc_cosine_mean": round(float(cos.mean()), 6), "doc_cosine_min": round(float(cos.min()), 6),
-        "fp32_corpus_docs_per_s": info["fp32"]["docs_per_second"], "bf16_corpus_docs_per_s": info["bf16"]["docs_per_second"],
-    }
+    vecs = {p: np.asarray(encode_corpus(model, ModelConfig(name=model_name, precision=p), ids, texts, show_progress=False))
+            for p in ("fp32", *REDUCED)}
+    means = {p: mean_metrics(per_query[p]) for p in per_query}
+    out = {"queries": len(qids), "documents": len(ids), "ndcg@10_fp32": round(means["fp32"][HEADLINE], 5),
+           "fp32_corpus_docs_per_s": info["fp32"]["docs_per_second"]}
+    for p in REDUCED:
+        test = paired_randomization_test([per_query["fp32"][HEADLINE][q] for q in qids], [per_query[p][HEADLINE][q] for q in qids])
+        cos = np.sum(vecs["fp32"] * vecs[p], axis=1)
+        out[p] = {
+            "ndcg@10": round(means[p][HEADLINE], 5), "ndcg@10_delta": round(means[p][HEADLINE] - means["fp32"][HEADLINE], 5),
+            "p_value": round(test["p_value"], 4), "recall@100_delta": round(means[p]["recall@100"] - means["fp32"]["recall@100"], 5),
+            "doc_cosine_mean": round(float(cos.mean()), 6), "doc_cosine_min": round(float(cos.min()), 6),
+            "corpus_docs_per_s": info[p]["docs_per_second"],
+        }
+    return out
 
 
 def main() -> None:
@@ -175,12 +176,14 @@ def main() -> None:
     speed = time_speed(model, sample_texts(folders, args.sample), args.rounds, args.batch_size)
     summary["speed"] = speed
     summary["docs_per_s"] = {m: v["docs_per_s"] for m, v in speed["methods"].items()}
-    summary["bf16_speedup"] = speed["methods"]["bf16"]["speedup_wall"]
-    summary["bf16_speedup_cpu"] = speed["methods"]["bf16"]["speedup_cpu"]
+    for p in REDUCED:
+        summary[f"{p}_speedup"] = speed["methods"][p]["speedup_wall"]
+        summary[f"{p}_speedup_cpu"] = speed["methods"][p]["speedup_cpu"]
     if not args.skip_quality:
         summary["quality"] = {f.name: quality(f, args.model) for f in folders}
-        summary["ndcg@10_delta_bf16"] = {n: q["ndcg@10_delta"] for n, q in summary["quality"].items()}
-        summary["bf16_qualifies_as_auto"] = all(q["ndcg@10_delta"] > -MAX_NDCG_COST for q in summary["quality"].values())
+        for p in REDUCED:
+            summary[f"ndcg@10_delta_{p}"] = {n: q[p]["ndcg@10_delta"] for n, q in summary["quality"].items()}
+            summary[f"{p}_qualifies_as_auto"] = all(q[p]["ndcg@10_delta"] > -MAX_NDCG_COST for q in summary["quality"].values())
     summary["load_average"] = load_average()
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -193,7 +196,7 @@ def render(s: dict) -> str:
     sp = s["speed"]
     loads = sp["load_average_1min"]
     lines = [
-        "# Encoding precision on CPU: fp32 vs bf16 (all-MiniLM-L6-v2)",
+        "# Encoding precision on CPU: fp32 vs bf16 vs int8 (all-MiniLM-L6-v2)",
         "",
         "Written by `python eval/bench_encoding.py --json`. CPU native bf16: "
         f"{'yes' if s['cpu_bf16'] else 'no'}; torch threads: {sp['torch_threads']}; "
@@ -208,18 +211,22 @@ def render(s: dict) -> str:
         lines.append(f"| {m} | {v['docs_per_s']} | {v.get('speedup_wall', 1.0):.2f}x | {v['docs_per_cpu_s']} | "
                      f"{v.get('speedup_cpu', 1.0):.2f}x | {v['cosine_to_fp32_mean']:.5f} / {v['cosine_to_fp32_min']:.5f} |")
     lines += ["", "`bf16` is what `--precision bf16` runs (a bfloat16 copy of the model); `bf16-autocast` keeps "
-              "fp32 weights and runs the matrix products in bf16 under `torch.autocast`. The machine is shared: "
+              "fp32 weights and runs the matrix products in bf16 under `torch.autocast`; `int8` is `--precision int8` "
+              "(the transformer as a dynamically quantised ONNX graph run by onnxruntime). The machine is shared: "
               "wall-clock docs/s depend on the load, the ratios measured in the same run much less.", ""]
     if "quality" in s:
         lines += ["## Quality (full test split, exact cosine search)", "",
-                  "| dataset | queries | nDCG@10 fp32 | nDCG@10 bf16 | delta | p | recall@100 delta | doc cosine fp32/bf16 (mean / min) |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| dataset | queries | precision | nDCG@10 fp32 | nDCG@10 | delta | p | recall@100 delta | doc cosine to fp32 (mean / min) |",
+                  "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
         for name, q in s["quality"].items():
-            lines.append(f"| {name} | {q['queries']} | {q['ndcg@10_fp32']:.4f} | {q['ndcg@10_bf16']:.4f} | {q['ndcg@10_delta']:+.4f} | "
-                         f"{q['p_value']:.3f} | {q['recall@100_delta']:+.4f} | {q['doc_cosine_mean']:.5f} / {q['doc_cosine_min']:.5f} |")
-        verdict = "bf16 costs less" if s["bf16_qualifies_as_auto"] else "bf16 does NOT cost less"
-        lines += ["", f"Rule: `precision=auto` on CPU becomes bf16 only if it costs less than {MAX_NDCG_COST} nDCG@10 on every "
-                  f"dataset. Here {verdict} than that; `AUTO_PRECISION_CPU` in this run: `{s['auto_precision_cpu']}`.", ""]
+            for p in REDUCED:
+                r = q[p]
+                lines.append(f"| {name} | {q['queries']} | {p} | {q['ndcg@10_fp32']:.4f} | {r['ndcg@10']:.4f} | {r['ndcg@10_delta']:+.4f} | "
+                             f"{r['p_value']:.3f} | {r['recall@100_delta']:+.4f} | {r['doc_cosine_mean']:.5f} / {r['doc_cosine_min']:.5f} |")
+        lines += ["", f"Rule: a precision may become the default (`precision=auto` on CPU) only if it costs less than {MAX_NDCG_COST} "
+                  f"nDCG@10 on every dataset. bf16: {'qualifies' if s['bf16_qualifies_as_auto'] else 'does NOT qualify'}; int8: "
+                  f"{'qualifies' if s['int8_qualifies_as_auto'] else 'does NOT qualify'}. `AUTO_PRECISION_CPU` in this run: "
+                  f"`{s['auto_precision_cpu']}`.", ""]
     return "\n".join(lines)
 
 

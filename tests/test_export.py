@@ -27,6 +27,10 @@ DOCS = {
     "d2": ("Salt", "high salt diet increase blood pressure and heart disease"),
     "d3": ("Fish oil", "fish oil acid reduce heart disease risk"),
     "d4": ("Numpy", "numpy array sum returns the sum of array values"),
+    "d5": ("Sleep", "short sleep raises the risk of obesity in children"),
+    "d6": ("Coffee", "coffee drinkers show lower rates of liver disease"),
+    "d7": ("Pandas", "a pandas dataframe groups rows by the values of a column"),
+    "d8": ("Exercise", "regular exercise lowers blood pressure in older adults"),
 }
 
 
@@ -75,9 +79,10 @@ def run_dir(tmp_path_factory, tiny_model_dir) -> Path:
     corpus.parent.mkdir()
     corpus.write_text("".join(json.dumps({"_id": k, "title": t, "text": x}) + "\n" for k, (t, x) in DOCS.items()))
     cfg = IndexConfig(
-        model=ModelConfig(name=str(model_dir), query_prompt="query: ", document_prompt="passage: "),
+        # fp32 vectors: the stores that embed queries with plain sentence-transformers (fp32) must rank alike
+        model=ModelConfig(name=str(model_dir), query_prompt="query: ", document_prompt="passage: ", precision="fp32"),
         corpus=CorpusConfig(path=str(corpus), chunking=ChunkingConfig(max_tokens=32, overlap=4)),
-        backend="exact-numba", cache_dir=str(root / "cache"),
+        backend="exact-numba", cache_dir=str(root / "cache"), hybrid=True,
     )
     build_index(cfg, root / "index", show_progress=False)
     from embedtune.models import model_fingerprint
@@ -90,7 +95,7 @@ def run_dir(tmp_path_factory, tiny_model_dir) -> Path:
 @pytest.fixture(scope="module")
 def exported(run_dir, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("exports") / "ship"
-    return out, export_run(run_dir, out, ExportConfig(onnx=True))
+    return out, export_run(run_dir, out, ExportConfig(onnx=True, int8=True, vector_db="qdrant"))
 
 
 def test_exported_model_loads_offline_and_embeds_the_same(exported, run_dir):
@@ -141,7 +146,7 @@ def test_index_is_exported_and_opens_with_the_exported_model(exported, run_dir):
     got = [[(h.passage_id, round(h.score, 5)) for h in hits] for hits in query_index(index, queries, 3)]
     want = [[(h.passage_id, round(h.score, 5)) for h in hits] for hits in query_index(original, queries, 3)]
     assert got == want
-    assert summary["index"]["count"] == index.count == len(DOCS)
+    assert summary["index"]["count"] == index.count >= len(DOCS)
     assert index.model_cfg.query_prompt == "query: "
 
 
@@ -151,32 +156,96 @@ def test_onnx_export_matches_torch(exported):
     assert summary["onnx"]["min_cosine"] >= 0.9999 and summary["onnx"]["texts"] >= len(DOCS)
 
 
-def test_usage_sentence_transformers_snippet_runs(exported):
+RESULT_LINE = re.compile(r"^(-?\d+\.\d{3})  (\S+)  ")
+
+
+def usage_blocks(usage: str) -> dict[str, str]:
+    """Every python block of USAGE.md under its "## " heading."""
+    sections = (part.split("\n", 1) for part in usage.split("\n## ")[1:])
+    return {title: m.group(1) for title, body in sections if (m := re.search(r"```python\n(.*?)```", body, re.S))}
+
+
+def run_blocks(blocks: dict[str, str], cwd: Path) -> dict[str, list[tuple[float, str]]]:
+    """Run each block in its own interpreter (two at a time: most of each run is importing);
+    return the (score, passage id) lines each printed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+    def run(code: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd=cwd)
+
+    with ThreadPoolExecutor(2) as pool:
+        done = dict(zip(blocks, pool.map(run, blocks.values())))
+    for title, res in done.items():
+        assert res.returncode == 0, f"{title}: {res.stderr[-3000:]}"
+    return {title: [(float(m.group(1)), m.group(2)) for line in res.stdout.splitlines() if (m := RESULT_LINE.match(line))]
+            for title, res in done.items()}
+
+
+@pytest.mark.rag
+def test_usage_snippets_run_from_a_moved_export_and_give_the_same_answers(exported):
+    """Every snippet of USAGE.md, taken from the file, runs from a moved copy of the export
+    against the real packages; the dense ones (sentence-transformers, embedtune, Qdrant,
+    LangChain, LlamaIndex) return the same passages, in the same order, as `embedtune search`."""
+    from embedtune.export import QUERY, TOP_K
+
     out, _ = exported
     usage = (out / "USAGE.md").read_text()
-    blocks = re.findall(r"## sentence-transformers\n\n```python\n(.*?)```", usage, re.S)
-    assert blocks and 'SentenceTransformer("model")' in blocks[0] and 'prompt="query: "' in blocks[0]
     assert str(out.resolve()) not in usage  # relative paths only: the folder can be moved and shipped
     moved = out.parent / "moved-export"
-    shutil.copytree(out, moved)  # runs from wherever the folder now is
-    assert "HuggingFaceEmbeddings" in usage and "HuggingFaceEmbedding(" in usage
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-c", blocks[0]], capture_output=True, text=True, env=env, timeout=120, cwd=moved)
-    assert res.returncode == 0, res.stderr[-2000:]
-    lines = res.stdout.strip().splitlines()
-    assert len(lines) == 3 and all(re.match(r"-?\d\.\d{3}  \S", line) for line in lines)
+    shutil.copytree(out, moved)
+    blocks = usage_blocks(usage)
+    expected_sections = {"sentence-transformers", "int8 on CPU (`model-int8/`)", "embedtune retriever",
+                         "Hybrid search: BM25 fused with this model", "Vector database: Qdrant (`qdrant/`)",
+                         "LangChain (`pip install 'embedtune[rag]'`)", "LlamaIndex (`pip install 'embedtune[rag]'`)"}
+    assert set(blocks) == expected_sections
+    reference = [(h.score, h.passage_id) for h in query_index(open_index(moved / "index"), [QUERY], TOP_K)[0]]
+    assert len({pid for _, pid in reference}) == TOP_K
+    printed = run_blocks(blocks, moved)
+    for title in expected_sections - {"int8 on CPU (`model-int8/`)", "Hybrid search: BM25 fused with this model"}:
+        assert [pid for _, pid in printed[title]] == [pid for _, pid in reference], title
+        assert np.allclose([s for s, _ in printed[title]], [s for s, _ in reference], atol=2e-3), title
+    assert len(printed["Hybrid search: BM25 fused with this model"]) == TOP_K
 
 
-def test_usage_langchain_snippet_runs(exported):
-    pytest.importorskip("langchain_huggingface")
-    pytest.importorskip("langchain_community")
+@pytest.mark.rag
+def test_langchain_and_llamaindex_embed_like_embedtune(exported):
+    """The embeddings the RAG stacks compute for a query and a passage (prompts from the model
+    folder's config) are embedtune's (cosine >= 0.9999)."""
+    from langchain_huggingface import HuggingFaceEmbeddings
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+    from embedtune.encoding import encode_texts
+    from embedtune.models import load_model
+
     out, _ = exported
-    usage = (out / "USAGE.md").read_text()
-    block = re.findall(r"## LangChain.*?\n\n```python\n(.*?)```", usage, re.S)[0]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, env=env, timeout=120, cwd=out)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert len(res.stdout.strip().splitlines()) == 3
+    model = load_model(ModelConfig(name=str(out / "model")))
+    query, passage = "fish oil and the heart", "high salt diet increase blood pressure"
+    want_q = encode_texts(model, [query], prompt="query: ", precision="fp32", show_progress=False, task="query")[0]
+    want_d = encode_texts(model, [passage], prompt="passage: ", precision="fp32", show_progress=False)[0]
+    lc = HuggingFaceEmbeddings(model_name=str(out / "model"), encode_kwargs={"normalize_embeddings": True, "prompt_name": "document"},
+                               query_encode_kwargs={"normalize_embeddings": True, "prompt_name": "query"})
+    li = HuggingFaceEmbedding(model_name=str(out / "model"), query_instruction="query: ", text_instruction="passage: ", normalize=True)
+    for got_q, got_d in ((lc.embed_query(query), lc.embed_documents([passage])[0]),
+                         (li.get_query_embedding(query), li.get_text_embedding(passage))):
+        assert float(np.dot(got_q, want_q)) >= 0.9999 and float(np.dot(got_d, want_d)) >= 0.9999
+    # and without the prompt the vectors differ: the fixture tells prompted from plain text apart
+    plain = encode_texts(model, [query], precision="fp32", show_progress=False)[0]
+    assert float(np.dot(plain, want_q)) < 0.9999
+
+
+def test_int8_model_is_exported_checked_and_loads(exported):
+    from sentence_transformers import SentenceTransformer
+
+    out, summary = exported
+    q = summary["int8"]
+    assert (out / "model-int8" / "onnx" / "model_int8.onnx").is_file()
+    assert not list((out / "model-int8").rglob("*.safetensors"))  # the graph holds the weights
+    assert 0.95 <= q["min_cosine"] <= q["mean_cosine"] < 1.0  # close to torch, and not the torch model itself
+    model = SentenceTransformer(str(out / "model-int8"), device="cpu", trust_remote_code=True)
+    assert model.prompts.get("query") == "query: "  # the prompts travel with it
+    assert model.encode_query(["fish oil"]).shape == (1, summary["dim"])
 
 
 def test_train_out_folder_exports_what_exists(tmp_path, tiny_model_dir):
@@ -258,6 +327,6 @@ def test_cli_export_json(run_dir, tmp_path):
     res = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "ship"), "--json"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout.strip().splitlines()[-1])
-    assert summary["index"]["count"] == len(DOCS) and summary["missing"] == []
+    assert summary["index"]["count"] >= len(DOCS) and summary["missing"] == []
     res = CliRunner().invoke(app, ["export", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "ship2")])
     assert res.exit_code == 7 and "run folder not found" in res.output
