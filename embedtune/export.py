@@ -21,7 +21,6 @@ model is loaded back and must give the source model's embeddings.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -585,10 +584,13 @@ def _export_index(parts: RunParts, dst: Path, fingerprint: str, exported_fingerp
         chosen_on = _read_json(src / "fusion.json", "fusion settings").get("chosen_on") if (src / "fusion.json").is_file() else None
         write_fusion(dst, fusion, chosen_on=chosen_on)
     # same vectors: the exported model differs from the run's only by the prompts written into its config
-    info = {**info, "model_path": "../model", "model_sha256": exported_fingerprint}
+    info = {**info, "model": "../model", "model_path": "../model", "model_sha256": exported_fingerprint}
     if info.get("document_encoder_sha256") == fingerprint:
         info["document_encoder_sha256"] = exported_fingerprint
     manifest["index"] = info
+    config = manifest.get("config")
+    if isinstance(config, dict) and isinstance(config.get("model"), dict):  # no path of the machine it was built on
+        manifest["config"] = {**config, "model": {**config["model"], "name": "../model"}}
     if isinstance(manifest.get("models"), dict) and isinstance(manifest["models"].get("embedding"), dict):
         manifest["models"] = {**manifest["models"], "embedding": {**manifest["models"]["embedding"], "path": "../model"}}
     atomic_write_json(dst / MANIFEST, manifest)
@@ -720,6 +722,13 @@ def render_model_card(parts: RunParts, s: dict[str, Any]) -> str:
               f"doc_vectors = model.encode_document([\"a passage\"]{_prompt_arg(s['prompts']['document'])})",
               "print(model.similarity(query_vectors, doc_vectors))", "```", "",
               "See USAGE.md next to this folder for LangChain and LlamaIndex."]
+    if s.get("int8"):
+        q = s["int8"]
+        bench = q.get("benchmark")
+        lines += ["", f"An int8 version for CPU serving is in `../{q['path']}/` (the transformer as a dynamically quantised ONNX graph "
+                  f"run by onnxruntime; load it with `SentenceTransformer(path, trust_remote_code=True)` where embedtune is installed): "
+                  f"cosine to this model mean {q['mean_cosine']:.4f}, min {q['min_cosine']:.4f}"
+                  + (f"; nDCG@10 {bench['ndcg@10_int8']:.4f} vs {bench['ndcg@10_torch']:.4f} on {bench['queries']} queries of {bench['dataset']}." if bench else ".")]
     if s.get("onnx"):
         lines += ["", f"An ONNX export of the transformer is in `onnx/model.onnx` (checked against torch: min cosine {s['onnx']['min_cosine']:.6f} on {s['onnx']['texts']} texts)."]
     versions = train.get("versions") or {}
@@ -790,7 +799,7 @@ def render_usage(s: dict[str, Any]) -> str:
     qp, dp = s["prompts"]["query"], s["prompts"]["document"]
     index, vdb, int8 = s.get("index"), s.get("vector_db"), s.get("int8")
     query_side = bool(s.get("query_side"))
-    show = f"    print(f\"{{score:.3f}}  {{pid}}  {{text[:60]!r}}\")"
+    show = "    print(f\"{score:.3f}  {pid}  {text[:60]!r}\")"
     lines = [
         "# Using the exported model", "",
         "Paths are relative to this folder: run the snippets from it, or put its location in front of them.", "",

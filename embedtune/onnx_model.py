@@ -7,16 +7,18 @@ downgrades transformers and sentence-transformers. onnxruntime alone has what is
 
 1. **export** the transformer with torch's TorchScript exporter and eager attention: onnxruntime's
    transformer optimiser fuses that graph (Attention, EmbedLayerNormalization, SkipLayerNorm,
-   BiasGelu); the dynamo exporter's graph (and SDPA attention) is left unfused, and runs at 1.4x
-   torch fp32 instead of 2.75x (MiniLM, SciFact passages, this 2-core Zen 5);
+   BiasGelu); the dynamo exporter's graph (and SDPA attention) is left unfused: 1.4x torch fp32
+   where the fused graph runs 1.96x (MiniLM, SciFact/NFCorpus passages, this 2-core Zen 5;
+   eval/results/serving.md);
 2. **optimise** it with ``onnxruntime.transformers.optimizer`` (fp32 graph, ``onnx/model.onnx``);
 3. **quantise** it dynamically to int8 (``onnx/model_int8.onnx``): weights per output channel
    (per-tensor scales cost MiniLM a mean cosine of 0.936 to fp32; per channel 0.995), only
    MatMuls with a constant weight (activations times activations stay fp32).
 
 :class:`OnnxTransformer` is a sentence-transformers ``Transformer`` module that runs such a graph:
-a folder whose ``modules.json`` names it loads with plain ``SentenceTransformer(folder)`` wherever
-embedtune is installed (tokeniser, prompts, pooling and normalisation are the usual
+a folder whose ``modules.json`` names it loads with ``SentenceTransformer(folder,
+trust_remote_code=True)`` wherever embedtune is installed (sentence-transformers 6 asks for that
+flag before importing any module class outside its own package) (tokeniser, prompts, pooling and normalisation are the usual
 sentence-transformers modules). :func:`write_onnx_model` writes such a folder from a loaded model;
 :func:`onnx_encoder` is the int8 encoder of ``precision: int8`` (cached per model).
 """
@@ -215,8 +217,6 @@ def write_onnx_model(model: "SentenceTransformer", out_dir: str | Path, *, int8:
     """Write a sentence-transformers folder whose transformer is the ONNX graph of ``model`` (int8
     quantised unless ``int8=False``), with the model's other modules, prompts and tokenizer.
     Written in a temp folder renamed into place. Returns what was written."""
-    from sentence_transformers import SentenceTransformer
-
     require_onnx("int8 / ONNX encoding")
     transformer = transformer_of(model)
     out_dir = Path(out_dir)
@@ -264,20 +264,45 @@ def onnx_twin(model: "SentenceTransformer", folder: str | Path, onnx_file: str) 
 
 def onnx_encoder(model: "SentenceTransformer") -> "SentenceTransformer":
     """The int8 twin of ``model`` for ``precision: int8``: its transformer quantised to an int8
-    ONNX graph (written once per model fingerprint under the embedding cache's folder, next to
-    ``embeddings/``), its other modules shared with ``model``."""
-    fingerprint = getattr(model, "embedtune_fingerprint", None)
-    if fingerprint is None:
-        raise ModelError("int8 encoding needs a model loaded from a folder (embedtune.models.load_model)")
-    return _onnx_encoder(model, fingerprint, model.max_seq_length)
+    ONNX graph (written once per weights, in ``onnx/`` of the embedding cache folder), its other
+    modules shared with ``model``.
+
+    Keyed by the transformer's weights themselves, not by the folder the model came from: a model
+    trained or merged in memory (select's candidates, a query-side encoder copy) gets its own graph."""
+    return _onnx_encoder(model, weights_digest(model[0]), model.max_seq_length)
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def weights_digest(module) -> str:
+    """sha256 of a module's parameters, remembered per (module, tensor storage, in-place version)
+    so that a search of one query does not hash the weights again; an optimizer step or a merge
+    bumps the tensors' versions and the digest is computed afresh."""
+    import hashlib
+
+    import torch
+
+    params = list(module.state_dict().values())
+    key = (id(module), *((p.data_ptr(), p._version) for p in params))
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        for p in params:
+            t = p.detach().cpu().contiguous()
+            h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if len(_DIGESTS) > 32:
+            _DIGESTS.clear()
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 
 @functools.lru_cache(maxsize=2)
-def _onnx_encoder(model: "SentenceTransformer", fingerprint: str, max_seq_length: int) -> "SentenceTransformer":
+def _onnx_encoder(model: "SentenceTransformer", digest: str, max_seq_length: int) -> "SentenceTransformer":
     from .encoding import default_cache_dir
 
-    folder = default_cache_dir().parent / "onnx" / f"{fingerprint[:32]}-int8"
+    folder = default_cache_dir() / "onnx" / f"{digest[:32]}-int8"
     if not (folder / INT8_FILE).is_file():
-        log.info("quantising the model to int8 ONNX (once per model): %s", folder)
+        log.info("quantising the model to int8 ONNX (once per weights): %s", folder)
         write_onnx_model(model, folder)
     return onnx_twin(model, folder, INT8_FILE)

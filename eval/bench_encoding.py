@@ -2,8 +2,9 @@
 
 Speed: the same sample of corpus documents (every k-th document of each dataset, title + " " +
 text) is encoded in fp32, in bf16 as ``embedtune.encoding`` does it (a bfloat16 copy of the model),
-under ``torch.autocast(bfloat16)`` (fp32 weights, bf16 matrix products) and in int8 (the
-transformer as a dynamically quantised ONNX graph in onnxruntime, ``embedtune.onnx_model``),
+under ``torch.autocast(bfloat16)`` (fp32 weights, bf16 matrix products), in int8 (the
+transformer as a dynamically quantised ONNX graph in onnxruntime, ``embedtune.onnx_model``) and
+as the same fused ONNX graph before quantisation (``onnx-fp32``, what ``export --onnx`` writes),
 interleaved round by round in one process so that all three see the same machine. Per method: docs/s (median wall
 time over rounds) and docs per CPU-second of this process (less sensitive to other processes on
 a shared machine than wall time). The load average is recorded with the figures.
@@ -41,7 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATASETS = ROOT.parent / "shared" / "datasets"
 RESULTS = ROOT / "eval" / "results" / "encoding.md"
 MAX_NDCG_COST = 0.002
-METHODS = ("fp32", "bf16", "bf16-autocast", "int8")
+METHODS = ("fp32", "bf16", "bf16-autocast", "int8", "onnx-fp32")
 REDUCED = ("bf16", "int8")  # the precisions whose quality is measured against fp32
 
 
@@ -73,7 +74,19 @@ def time_speed(model, texts: list[str], rounds: int, batch_size: int) -> dict:
 
     from embedtune.encoding import encode_texts
 
+    onnx_fp32 = None
+    if "onnx-fp32" in METHODS:  # the fused fp32 graph alone: how much of int8's speed is the graph, how much int8
+        import tempfile
+
+        from embedtune.onnx_model import FP32_FILE, onnx_twin, write_onnx_model
+
+        folder = Path(tempfile.mkdtemp()) / "fp32"
+        write_onnx_model(model, folder, int8=False)
+        onnx_fp32 = onnx_twin(model, folder, FP32_FILE)
+
     def run(method: str) -> np.ndarray:
+        if method == "onnx-fp32":
+            return encode_texts(onnx_fp32, texts, batch_size=batch_size, precision="fp32", show_progress=False)
         if method == "bf16-autocast":
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 v = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
@@ -212,7 +225,8 @@ def render(s: dict) -> str:
                      f"{v.get('speedup_cpu', 1.0):.2f}x | {v['cosine_to_fp32_mean']:.5f} / {v['cosine_to_fp32_min']:.5f} |")
     lines += ["", "`bf16` is what `--precision bf16` runs (a bfloat16 copy of the model); `bf16-autocast` keeps "
               "fp32 weights and runs the matrix products in bf16 under `torch.autocast`; `int8` is `--precision int8` "
-              "(the transformer as a dynamically quantised ONNX graph run by onnxruntime). The machine is shared: "
+              "(the transformer as a dynamically quantised ONNX graph run by onnxruntime); `onnx-fp32` the same fused graph "
+              "unquantised (`export --onnx`). The machine is shared: "
               "wall-clock docs/s depend on the load, the ratios measured in the same run much less.", ""]
     if "quality" in s:
         lines += ["## Quality (full test split, exact cosine search)", "",

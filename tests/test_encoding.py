@@ -161,6 +161,16 @@ def test_bf16_falls_back_to_fp32_without_cpu_support(monkeypatch, caplog):
     assert resolve_precision("auto", "cuda") == encoding.AUTO_PRECISION_CUDA
 
 
+def test_auto_without_native_bf16_is_int8_when_onnxruntime_can_run_the_model(model, monkeypatch):
+    import embedtune.onnx_model as onnx_model
+
+    monkeypatch.setattr(encoding, "cpu_has_bf16", lambda: False)
+    assert resolve_precision("auto", "cpu", model) == "int8"
+    assert resolve_precision("auto", "cuda:0", model) == encoding.AUTO_PRECISION_CUDA
+    monkeypatch.setattr(onnx_model, "onnx_available", lambda: False)
+    assert resolve_precision("auto", "cpu", model) == "fp32"
+
+
 def test_bf16_vectors_are_close_to_fp32_and_unit_length(model, monkeypatch):
     monkeypatch.setattr(encoding, "cpu_has_bf16", lambda: True)  # emulated if the CPU lacks it: slower, same numbers
     fp32 = encode_texts(model, TEXTS, precision="fp32", show_progress=False)
@@ -176,3 +186,36 @@ def test_fp16_on_cpu_is_a_config_error(model):
 
     with pytest.raises(ConfigError, match="fp16"):
         encode_texts(model, TEXTS, precision="fp16", show_progress=False)
+
+
+def test_int8_precision_runs_the_quantised_graph_close_to_fp32(model, cache):
+    """precision int8: the transformer quantised once per model (under the cache folder), vectors
+    close to fp32 but not equal (the int8 graph really ran), cached under their own key."""
+    fp32 = encode_texts(model, TEXTS, precision="fp32", show_progress=False)
+    int8 = encode_texts(model, TEXTS, precision="int8", show_progress=False)
+    assert int8.dtype == np.float32 and np.allclose(np.linalg.norm(int8, axis=1), 1.0, atol=1e-5)
+    cos = np.sum(fp32 * int8, axis=1)
+    assert cos.min() > 0.95 and not np.allclose(fp32, int8, atol=1e-6)
+    assert list((cache / "onnx").glob("*-int8/onnx/model_int8.onnx"))
+    # the twin ranks the texts by a query like fp32 does
+    q32 = encode_texts(model, ["salt and blood pressure"], precision="fp32", show_progress=False)
+    q8 = encode_texts(model, ["salt and blood pressure"], precision="int8", show_progress=False)
+    assert np.argmax(fp32 @ q32[0]) == np.argmax(int8 @ q8[0])
+    cfgs = [ModelConfig(name=model.embedtune_path, precision=p) for p in ("fp32", "int8")]
+    assert cache_path(model, cfgs[0], ["a"], ["x"]) != cache_path(model, cfgs[1], ["a"], ["x"])
+
+
+def test_int8_twin_follows_weights_changed_in_memory(tiny_model_dir, cache):
+    """A model trained or merged in memory keeps the folder's fingerprint attribute: its int8 graph
+    must be made from the weights it has now, not from the folder's."""
+    import torch
+
+    model = load_model(ModelConfig(name=tiny_model_dir))
+    before = encode_texts(model, TEXTS, precision="int8", show_progress=False)
+    with torch.no_grad():
+        for p in model[0].auto_model.encoder.parameters():
+            p.mul_(0.5)
+    after32 = encode_texts(model, TEXTS, precision="fp32", show_progress=False)
+    after8 = encode_texts(model, TEXTS, precision="int8", show_progress=False)
+    assert np.sum(after32 * after8, axis=1).min() > np.sum(after32 * before, axis=1).min()
+    assert len(list((cache / "onnx").glob("*-int8"))) == 2

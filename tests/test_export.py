@@ -148,6 +148,9 @@ def test_index_is_exported_and_opens_with_the_exported_model(exported, run_dir):
     assert got == want
     assert summary["index"]["count"] == index.count >= len(DOCS)
     assert index.model_cfg.query_prompt == "query: "
+    # no model path of the machine it was built on: the bundle can be moved and shipped
+    m = json.loads((out / "index" / "manifest.json").read_text())
+    assert m["index"]["model"] == m["index"]["model_path"] == m["config"]["model"]["name"] == "../model"
 
 
 def test_onnx_export_matches_torch(exported):
@@ -330,3 +333,47 @@ def test_cli_export_json(run_dir, tmp_path):
     assert summary["index"]["count"] >= len(DOCS) and summary["missing"] == []
     res = CliRunner().invoke(app, ["export", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "ship2")])
     assert res.exit_code == 7 and "run folder not found" in res.output
+
+
+def test_int8_export_that_fails_is_one_line_and_leaves_nothing(run_dir, tmp_path, monkeypatch):
+    """A model the quantizer cannot handle: a one-line error naming the step, no export folder."""
+    import embedtune.onnx_model as onnx_model
+    from embedtune.errors import ModelError
+
+    def refuse(src, dst):
+        raise RuntimeError("Unsupported operator FancyAttention\nTraceback details the user does not need")
+
+    monkeypatch.setattr(onnx_model, "quantize_int8", refuse)
+    out = tmp_path / "ship"
+    with pytest.raises(ModelError) as err:
+        export_run(run_dir, out, ExportConfig(int8=True))
+    assert str(err.value).count("\n") == 0 and "int8 export of this model failed: Unsupported operator FancyAttention" in str(err.value)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name != "ship"]
+
+
+def test_vector_db_into_a_non_empty_folder_is_refused(exported, tmp_path):
+    from embedtune.errors import InputError
+    from embedtune.vector_db import write_qdrant
+
+    out, _ = exported
+    taken = tmp_path / "db"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="exists and is not empty"):
+        write_qdrant(out / "index", taken)
+    assert sorted(p.name for p in taken.iterdir()) == ["notes.txt"]
+
+
+def test_missing_optional_packages_say_what_to_install(exported, tmp_path, monkeypatch):
+    import embedtune.onnx_model as onnx_model
+    import embedtune.vector_db as vector_db
+    from embedtune.errors import ModelError
+
+    out, _ = exported
+    monkeypatch.setattr(vector_db, "qdrant_available", lambda: False)
+    with pytest.raises(ModelError, match=r"needs qdrant-client \(pip install 'embedtune\[rag\]'\)"):
+        vector_db.write_qdrant(out / "index", tmp_path / "db")
+    monkeypatch.setattr(onnx_model, "onnx_available", lambda: False)
+    with pytest.raises(ModelError, match=r"needs onnx and onnxruntime \(pip install 'embedtune\[onnx\]'\)"):
+        onnx_model.require_onnx("int8 / ONNX encoding")
+    assert not (tmp_path / "db").exists()

@@ -30,7 +30,7 @@ def eval_command(
     document_prompt: str = typer.Option(None, "--document-prompt", help="Prefix for documents (all models), e.g. 'passage: '."),
     max_seq_length: int = typer.Option(None, "--max-seq-length", help="Token limit of the models."),
     batch_size: int = typer.Option(None, "--batch-size", help="Encoding batch size."),
-    precision: str = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16 (CUDA)."),
+    precision: str = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16 (CUDA) | int8 (CPU, onnxruntime; pip install 'embedtune[onnx]')."),
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow models that ship their own code."),
     top_k: int = typer.Option(None, "--top-k", help="Results per query (default: 1000)."),

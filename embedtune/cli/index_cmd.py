@@ -32,7 +32,7 @@ def build_command(
     document_prompt: str = typer.Option(None, "--document-prompt", help="Prefix for passages, e.g. 'passage: '."),
     query_prompt: str = typer.Option(None, "--query-prompt", help="Prefix for queries (recorded for 'embedtune search')."),
     batch_size: int = typer.Option(None, "--batch-size", help="Encoding batch size (default 64)."),
-    precision: str = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16."),
+    precision: str = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16 (CUDA) | int8 (CPU, onnxruntime; pip install 'embedtune[onnx]')."),
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
     cache_dir: str = typer.Option(None, "--cache-dir", help="Embedding cache folder (shared with mine and eval)."),
     hybrid: bool = typer.Option(None, "--hybrid/--no-hybrid", help="Also write a BM25 index of the same passages (for 'search --hybrid')."),

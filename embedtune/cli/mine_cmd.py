@@ -30,6 +30,7 @@ def mine_command(
     cross_encoder: str = typer.Option(None, "--cross-encoder", help="Local CrossEncoder folder: re-scores candidates, drops likely false negatives, stores teacher scores."),
     seed: int = typer.Option(None, "--seed"),
     skip_unknown_ids: bool = typer.Option(None, "--skip-unknown-ids", help="BEIR: drop qrels rows whose ids are not in the corpus/queries instead of failing."),
+    precision: str = typer.Option(None, "--precision", help="Encoding: auto | fp32 | bf16 | fp16 (CUDA) | int8 (CPU, onnxruntime; pip install 'embedtune[onnx]')."),
     cache_dir: str = typer.Option(None, "--cache-dir", help="Embedding cache folder (shared with eval and index)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run folder that holds another config's results."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
@@ -42,7 +43,7 @@ def mine_command(
     overrides = {
         "pairs": pairs,
         "corpus": corpus,
-        "model": {"name": model} if model else None,
+        "model": {k: v for k, v in {"name": model, "precision": precision}.items() if v} or None,
         "num_negatives": num_negatives,
         "range_min": range_min,
         "range_max": range_max,
