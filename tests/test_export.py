@@ -377,3 +377,11 @@ def test_missing_optional_packages_say_what_to_install(exported, tmp_path, monke
     with pytest.raises(ModelError, match=r"needs onnx and onnxruntime \(pip install 'embedtune\[onnx\]'\)"):
         onnx_model.require_onnx("int8 / ONNX encoding")
     assert not (tmp_path / "db").exists()
+
+
+def test_export_help_lists_flags_without_a_value_type():
+    from embedtune.cli import app
+
+    res = CliRunner().invoke(app, ["export", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "--int8" in res.stdout and "--vector-db" in res.stdout
+    assert "<bool>" not in res.stdout and "<path>" in res.stdout

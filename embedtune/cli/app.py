@@ -19,6 +19,23 @@ from rich.logging import RichHandler
 
 from ..errors import EmbedtuneError
 
+
+def _flags_show_no_type() -> None:
+    """typer (0.29) writes ``<bool>`` after every flag in --help, as if ``--json`` took a value;
+    a flag takes none. Patched at the one method that renders it, and only if it is there."""
+    option = getattr(getattr(typer, "core", None), "TyperOption", None)
+    render = getattr(option, "display_type_rich", None)
+    if render is None:
+        return
+
+    def display_type_rich(self, ctx):  # noqa: ANN001, ANN202
+        return None if getattr(self, "is_flag", False) and not getattr(self, "count", False) else render(self, ctx)
+
+    option.display_type_rich = display_type_rich
+
+
+_flags_show_no_type()
+
 app = typer.Typer(
     name="embedtune",
     help="Fine-tune a retrieval embedding model for your domain: mine -> train -> select -> index -> eval -> export.",
