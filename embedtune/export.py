@@ -899,6 +899,15 @@ def render_usage(s: dict[str, Any]) -> str:
             "                          embedding=embeddings, content_payload_key=\"text\", metadata_payload_key=\"metadata\")",
             f"for doc, score in store.similarity_search_with_score({json.dumps(QUERY)}, k={TOP_K}):",
             "    pid, text = doc.metadata[\"passage_id\"], doc.page_content", show,
+            *([
+                "",
+                "# int8 queries (model-int8/, CPU), same vectors in the store",
+                "embeddings_int8 = HuggingFaceEmbeddings(model_name=\"model-int8\", model_kwargs={\"trust_remote_code\": True},",
+                f"                                        query_encode_kwargs={q_kwargs})",
+                "int8_store = QdrantVectorStore(client=store.client, collection_name=" + json.dumps(vdb['collection']) + ",",
+                "                               embedding=embeddings_int8, content_payload_key=\"text\", metadata_payload_key=\"metadata\")",
+                f"print(\"int8 top passages:\", [d.metadata[\"passage_id\"] for d in int8_store.similarity_search({json.dumps(QUERY)}, k={TOP_K})])",
+            ] if int8 else []),
             "store.client.close()",
         ], "The exported vectors through LangChain's Qdrant store; queries are embedded with the model and its query prompt.")
         lines += _usage_section("LlamaIndex (`pip install 'embedtune[rag]'`)", [
@@ -915,6 +924,15 @@ def render_usage(s: dict[str, Any]) -> str:
             "index = VectorStoreIndex.from_vector_store(store, embed_model=embed_model)",
             f"for hit in index.as_retriever(similarity_top_k={TOP_K}).retrieve({json.dumps(QUERY)}):",
             "    score, pid, text = hit.score, hit.node.metadata[\"passage_id\"], hit.node.get_content()", show,
+            *([
+                "",
+                "# int8 queries (model-int8/, CPU), same vectors in the store",
+                "embed_int8 = HuggingFaceEmbedding(model_name=\"model-int8\", trust_remote_code=True, query_instruction=" + json.dumps(qp)
+                + ", text_instruction=" + json.dumps(dp) + ", normalize=True)",
+                "index_int8 = VectorStoreIndex.from_vector_store(store, embed_model=embed_int8)",
+                f"hits = index_int8.as_retriever(similarity_top_k={TOP_K}).retrieve({json.dumps(QUERY)})",
+                "print(\"int8 top passages:\", [hit.node.metadata[\"passage_id\"] for hit in hits])",
+            ] if int8 else []),
             "client.close()",
         ], "The exported vectors through LlamaIndex's Qdrant store.")
     else:

@@ -168,9 +168,9 @@ def usage_blocks(usage: str) -> dict[str, str]:
     return {title: m.group(1) for title, body in sections if (m := re.search(r"```python\n(.*?)```", body, re.S))}
 
 
-def run_blocks(blocks: dict[str, str], cwd: Path) -> dict[str, list[tuple[float, str]]]:
+def run_blocks(blocks: dict[str, str], cwd: Path) -> dict[str, str]:
     """Run each block in its own interpreter (two at a time: most of each run is importing);
-    return the (score, passage id) lines each printed."""
+    return what each printed."""
     from concurrent.futures import ThreadPoolExecutor
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -182,8 +182,11 @@ def run_blocks(blocks: dict[str, str], cwd: Path) -> dict[str, list[tuple[float,
         done = dict(zip(blocks, pool.map(run, blocks.values())))
     for title, res in done.items():
         assert res.returncode == 0, f"{title}: {res.stderr[-3000:]}"
-    return {title: [(float(m.group(1)), m.group(2)) for line in res.stdout.splitlines() if (m := RESULT_LINE.match(line))]
-            for title, res in done.items()}
+    return {title: res.stdout for title, res in done.items()}
+
+
+def result_lines(stdout: str) -> list[tuple[float, str]]:
+    return [(float(m.group(1)), m.group(2)) for line in stdout.splitlines() if (m := RESULT_LINE.match(line))]
 
 
 @pytest.mark.rag
@@ -205,11 +208,17 @@ def test_usage_snippets_run_from_a_moved_export_and_give_the_same_answers(export
     assert set(blocks) == expected_sections
     reference = [(h.score, h.passage_id) for h in query_index(open_index(moved / "index"), [QUERY], TOP_K)[0]]
     assert len({pid for _, pid in reference}) == TOP_K
-    printed = run_blocks(blocks, moved)
+    stdout = run_blocks(blocks, moved)
+    printed = {title: result_lines(out) for title, out in stdout.items()}
     for title in expected_sections - {"int8 on CPU (`model-int8/`)", "Hybrid search: BM25 fused with this model"}:
         assert [pid for _, pid in printed[title]] == [pid for _, pid in reference], title
         assert np.allclose([s for s, _ in printed[title]], [s for s, _ in reference], atol=2e-3), title
     assert len(printed["Hybrid search: BM25 fused with this model"]) == TOP_K
+    # LangChain and LlamaIndex with the int8 model: the same store answers (agreement measured, not assumed)
+    for title in ("LangChain (`pip install 'embedtune[rag]'`)", "LlamaIndex (`pip install 'embedtune[rag]'`)"):
+        int8_ids = re.search(r"int8 top passages: (\[.*\])", stdout[title]).group(1)
+        int8_ids = json.loads(int8_ids.replace("'", '"'))
+        assert len(int8_ids) == TOP_K and len(set(int8_ids) & {pid for _, pid in reference}) >= TOP_K - 2, title
 
 
 @pytest.mark.rag
