@@ -146,6 +146,29 @@ def test_bm25_ranks_matching_documents_and_drops_non_matching():
     assert ranked[0] == ["b"]
 
 
+def test_bm25_top_k_is_bm25s_scores_ranked_ties_by_row():
+    """The numba top-k (all queries at once) against bm25s' own per-query scores, sorted:
+    same documents, same scores, ties (duplicate documents) in row order, repeated terms counted."""
+    from embedtune.lexical import bm25_index, bm25_retrieve, bm25_scores
+
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(40)]
+    texts = [" ".join(rng.choice(words, size=8)) for _ in range(300)]
+    texts += texts[:20]  # exact duplicates: tied scores
+    retriever = bm25_index(texts)
+    queries = [" ".join(rng.choice(words, size=3)) for _ in range(25)] + ["w1 w1 w2", "nothing matches"]
+    for k in (1, 7, 50, len(texts)):
+        got = bm25_retrieve(retriever, queries, k)
+        for query, (rows, scores) in zip(queries, got):
+            full = bm25_scores(retriever, query)
+            if full is None:
+                assert len(rows) == 0
+                continue
+            full = np.asarray(full, dtype=np.float32)
+            order = [r for r in np.lexsort((np.arange(len(full)), -full)) if full[r] > 0][:k]
+            assert rows.tolist() == order and np.allclose(scores, full[order], rtol=1e-6)
+
+
 # --------------------------------------------------------------------------- CLI end to end
 
 
