@@ -42,9 +42,9 @@ log = logging.getLogger("embedtune")
 CACHE_FORMAT = 1
 # precision="auto" on CPU. bf16 had to cost less than 0.002 nDCG@10 to become the default; it
 # does: all-MiniLM-L6-v2 on SciFact test 0.6445 (bf16) vs 0.6451 (fp32), see eval/bench_encoding.py
-# and eval/results/encoding.md. int8 (onnxruntime) qualifies too and is 1.2x faster than bf16 here, but
-# needs the onnx extra and a one-time quantisation per model (every merge candidate, every tuned
-# model); it is the default where the alternative is fp32: CPUs without native bf16 (resolve_precision).
+# and eval/results/encoding.md. CPUs without native bf16 fall back to fp32 (resolve_precision). int8
+# (onnxruntime) is not a default anywhere: +0.001 nDCG@10 on SciFact and NFCorpus, but -0.014 on
+# the demo's docstring corpus (eval/results/serving.md) -- it is opt-in, measured per corpus.
 AUTO_PRECISION_CPU = "bf16"
 AUTO_PRECISION_CUDA = "fp16"
 # A temp file of the cache older than this is left by a killed run: an entry is written in
@@ -76,30 +76,14 @@ def cpu_has_bf16() -> bool:
     return False
 
 
-def resolve_precision(precision: str, device: str, model: "SentenceTransformer | None" = None) -> str:
-    """The precision actually used: ``auto`` resolved, bf16 on a CPU without bf16 -> fp32.
-
-    ``auto`` on a CPU: bf16 where the CPU has native bf16; elsewhere int8 when onnxruntime is
-    installed and ``model`` (when given) has a transformer to quantise -- there the alternative is
-    fp32, 3.5x slower at the same quality (eval/results/encoding.md) -- else fp32."""
+def resolve_precision(precision: str, device: str) -> str:
+    """The precision actually used: ``auto`` resolved, bf16 on a CPU without bf16 -> fp32."""
     if precision == "auto":
-        if device.startswith("cuda"):
-            return AUTO_PRECISION_CUDA
-        if cpu_has_bf16():
-            return AUTO_PRECISION_CPU
-        return "int8" if _can_run_int8(model) else "fp32"
+        precision = AUTO_PRECISION_CUDA if device.startswith("cuda") else AUTO_PRECISION_CPU
     if precision == "bf16" and device.startswith("cpu") and not cpu_has_bf16():
         _warn_no_bf16()
         return "fp32"
     return precision
-
-
-def _can_run_int8(model: "SentenceTransformer | None") -> bool:
-    from .onnx_model import onnx_available
-
-    if not onnx_available():
-        return False
-    return model is None or getattr(model[0], "auto_model", None) is not None
 
 
 @functools.cache
@@ -156,7 +140,7 @@ def encode_texts(
     dim = model.get_embedding_dimension()
     if len(texts) == 0:
         return np.zeros((0, dim), dtype=np.float32)
-    precision = resolve_precision(precision, model_device(model), model)
+    precision = resolve_precision(precision, model_device(model))
     runner = _model_for_precision(model, precision)
     vectors = runner.encode(
         list(texts),
@@ -206,7 +190,7 @@ def cache_key(model: "SentenceTransformer", model_cfg: ModelConfig, ids: Sequenc
         "model": document_fingerprint(model) if task == "document" else model.embedtune_fingerprint,
         "prompt": task_prompt(model_cfg, task),
         "max_seq_length": model.max_seq_length,
-        "precision": resolve_precision(model_cfg.precision, model_device(model), model),
+        "precision": resolve_precision(model_cfg.precision, model_device(model)),
         "corpus": corpus_hash(ids, texts),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
@@ -277,7 +261,7 @@ def _encode_cached(
     atomic_write_json(path.with_suffix(".json"), {
         "what": what, "count": len(ids), "dim": dim, "model": getattr(model, "embedtune_path", None),
         "prompt": prompt, "max_seq_length": model.max_seq_length,
-        "precision": resolve_precision(model_cfg.precision, model_device(model), model),
+        "precision": resolve_precision(model_cfg.precision, model_device(model)),
     })
     return np.load(path, mmap_mode="r", allow_pickle=False)
 

@@ -251,7 +251,7 @@ def dense_run(model_cfg: ModelConfig, ds: BeirDataset, *, top_k: int, cache_dir:
     info = {
         "kind": "dense",
         "model": model_info(model_cfg, model),
-        "precision": resolve_precision(model_cfg.precision, model_device(model), model),
+        "precision": resolve_precision(model_cfg.precision, model_device(model)),
         "corpus_from_cache": cached,
         "corpus_encode_seconds": round(encode_s, 3),
         "docs_per_second": None if cached else round(len(doc_ids) / max(encode_s, 1e-9), 1),

@@ -509,6 +509,18 @@ def export_int8(model, out: Path, texts: list[str], prompts: dict[str, str], cfg
         from .evaluation import sampled_precision_check
 
         summary["benchmark"] = sampled_precision_check(model, int8, cfg.benchmark, prompts, queries=cfg.benchmark_queries)
+    bench = summary.get("benchmark")
+    atomic_write_text(out / INT8_DIR / "README.md", "\n".join([  # in place of sentence-transformers' generated card
+        "# int8 version of ../model (CPU serving)", "",
+        "The model in `../model/` with its transformer as a dynamically quantised int8 ONNX graph "
+        f"(`{info['onnx_file']}`) run by onnxruntime; tokenizer, prompts, pooling and normalisation as in `../model/`. "
+        "Its model card (training, evaluation) is `../model/README.md`.", "",
+        "```python", "from sentence_transformers import SentenceTransformer", "",
+        "# the transformer module is embedtune.onnx_model.OnnxTransformer (pip install 'embedtune[onnx]')",
+        "model = SentenceTransformer(\"path/to/model-int8\", trust_remote_code=True)", "```", "",
+        f"Checked at export against the torch model: cosine mean {mean_cos:.4f}, min {min_cos:.4f} on {len(texts)} texts"
+        + (f"; nDCG@10 {bench['ndcg@10_int8']:.4f} vs {bench['ndcg@10_torch']:.4f} on {bench['queries']} queries of {bench['dataset']}." if bench else "."),
+        ""]))
     return summary
 
 

@@ -485,7 +485,7 @@ def _index_info(cfg: IndexConfig, model: "SentenceTransformer", backend: str, co
         "query_prompt": cfg.model.query_prompt,
         "document_prompt": cfg.model.document_prompt,
         "max_seq_length": mi["max_seq_length"],
-        "precision": resolve_precision(cfg.model.precision, str(model.device), model),
+        "precision": resolve_precision(cfg.model.precision, str(model.device)),
         "dim": mi["dim"],
         "metric": METRIC,
         "normalized": True,

@@ -18,8 +18,8 @@ downgrades transformers and sentence-transformers. onnxruntime alone has what is
 :class:`OnnxTransformer` is a sentence-transformers ``Transformer`` module that runs such a graph:
 a folder whose ``modules.json`` names it loads with ``SentenceTransformer(folder,
 trust_remote_code=True)`` wherever embedtune is installed (sentence-transformers 6 asks for that
-flag before importing any module class outside its own package) (tokeniser, prompts, pooling and normalisation are the usual
-sentence-transformers modules). :func:`write_onnx_model` writes such a folder from a loaded model;
+flag before importing any module class outside its own package); tokenizer, prompts, pooling and
+normalisation are the usual sentence-transformers parts. :func:`write_onnx_model` writes such a folder from a loaded model;
 :func:`onnx_encoder` is the int8 encoder of ``precision: int8`` (cached per model).
 """
 
@@ -126,24 +126,9 @@ def quantize_int8(src: Path, dst: Path) -> None:
                      extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1})  # 1 = float
 
 
-class _OrtEncoder:
-    """Stand-in for the Hugging Face model inside :class:`OnnxTransformer`: runs the graph."""
-
-    def __init__(self, path: Path, config: Any) -> None:
-        import onnxruntime as ort
-        import torch
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.config = config
-        self.path = path
-
-
 def _make_module_class():
     import torch
+
     try:
         from sentence_transformers.sentence_transformer.modules import Transformer
     except ImportError:  # sentence-transformers 5
@@ -155,16 +140,22 @@ def _make_module_class():
         the forward pass is one onnxruntime session run."""
 
         def __init__(self, path: Path, config: Any) -> None:
+            import onnxruntime as ort
+
             super().__init__()
-            self.runner = _OrtEncoder(path, config)
-            self.config = config
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            options.log_severity_level = 3
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.input_names = [i.name for i in self.session.get_inputs()]
+            self.config, self.path = config, path
 
         def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, **kwargs):
             feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
             if feeds["token_type_ids"] is None and input_ids is not None:
                 feeds["token_type_ids"] = torch.zeros_like(input_ids)
-            arrays = {n: feeds[n].cpu().numpy().astype(np.int64) for n in self.runner.input_names}
-            hidden = self.runner.session.run(["last_hidden_state"], arrays)[0]
+            arrays = {n: feeds[n].cpu().numpy().astype(np.int64) for n in self.input_names}
+            hidden = self.session.run(["last_hidden_state"], arrays)[0]
             return BaseModelOutput(last_hidden_state=torch.from_numpy(hidden))
 
         def save_pretrained(self, output_path: str, **kwargs) -> None:
@@ -178,8 +169,7 @@ def _make_module_class():
         config_keys = [*Transformer.config_keys, "onnx_file"]
 
         def __init__(self, model_name_or_path: str, *args, onnx_file: str = INT8_FILE, **kwargs) -> None:
-            object.__setattr__(self, "onnx_file", onnx_file)
-            object.__setattr__(self, "_onnx_root", Path(model_name_or_path))
+            object.__setattr__(self, "onnx_file", onnx_file)  # before torch.nn.Module's __init__: read by _load_model
             kwargs["backend"] = "torch"  # the graph is loaded by _load_model below, not by optimum
             super().__init__(model_name_or_path, *args, **kwargs)
 
@@ -195,8 +185,8 @@ def _make_module_class():
             self.save_config(output_path)
             dst = Path(output_path) / self.onnx_file
             dst.parent.mkdir(parents=True, exist_ok=True)
-            if self.model.runner.path.resolve() != dst.resolve():
-                shutil.copyfile(self.model.runner.path, dst)
+            if self.model.path.resolve() != dst.resolve():
+                shutil.copyfile(self.model.path, dst)
 
     OnnxTransformerModule.__name__ = OnnxTransformerModule.__qualname__ = "OnnxTransformer"
     OnnxTransformerModule.__module__ = __name__

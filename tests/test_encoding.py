@@ -161,16 +161,6 @@ def test_bf16_falls_back_to_fp32_without_cpu_support(monkeypatch, caplog):
     assert resolve_precision("auto", "cuda") == encoding.AUTO_PRECISION_CUDA
 
 
-def test_auto_without_native_bf16_is_int8_when_onnxruntime_can_run_the_model(model, monkeypatch):
-    import embedtune.onnx_model as onnx_model
-
-    monkeypatch.setattr(encoding, "cpu_has_bf16", lambda: False)
-    assert resolve_precision("auto", "cpu", model) == "int8"
-    assert resolve_precision("auto", "cuda:0", model) == encoding.AUTO_PRECISION_CUDA
-    monkeypatch.setattr(onnx_model, "onnx_available", lambda: False)
-    assert resolve_precision("auto", "cpu", model) == "fp32"
-
-
 def test_bf16_vectors_are_close_to_fp32_and_unit_length(model, monkeypatch):
     monkeypatch.setattr(encoding, "cpu_has_bf16", lambda: True)  # emulated if the CPU lacks it: slower, same numbers
     fp32 = encode_texts(model, TEXTS, precision="fp32", show_progress=False)

@@ -258,6 +258,8 @@ def test_int8_model_is_exported_checked_and_loads(exported):
     model = SentenceTransformer(str(out / "model-int8"), device="cpu", trust_remote_code=True)
     assert model.prompts.get("query") == "query: "  # the prompts travel with it
     assert model.encode_query(["fish oil"]).shape == (1, summary["dim"])
+    card = (out / "model-int8" / "README.md").read_text()
+    assert "int8 version of ../model" in card and f"{q['mean_cosine']:.4f}" in card
 
 
 def test_train_out_folder_exports_what_exists(tmp_path, tiny_model_dir):
