@@ -671,6 +671,24 @@ def _last_checkpoint(ckpt_dir: Path, *, drop_incomplete: bool = False) -> str | 
     return None
 
 
+def _log_in_one_voice(trainer, progress: bool) -> None:
+    """transformers' own loss reporting -- a tqdm bar with raw ``{'loss': ...}`` dicts written under
+    it, or ``print(dict)`` to stdout when the bar is off -- replaced by one embedtune log line per
+    logging step (when ``progress``), through the same rich handler as every other stage."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
+
+    class LossLines(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs and "loss" in logs:
+                log.info("step %d/%d: loss %.4f, learning rate %.3g", state.global_step, state.max_steps,
+                         float(logs["loss"]), float(logs.get("learning_rate", 0.0)))
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    if progress:
+        trainer.add_callback(LossLines())
+
+
 def train_round(
     model_name: str,
     data: MinedData,
@@ -724,6 +742,7 @@ def train_round(
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=train_ds, loss=loss, evaluator=evaluator, callbacks=all_callbacks,
     )
+    _log_in_one_voice(trainer, progress)
     log.info(
         "training on %s rows (%s negatives each), %s; dev: %s",
         f"{len(train_ds):,}", cfg.negatives_per_query, _describe_steps(args), dev.description if dev else "none",

@@ -437,3 +437,20 @@ def test_known_positives_are_masked_in_batch_only_when_asked(tmp_path, trainable
     # every batch holds all 20 rows: 19 queries see their second positive in the batch, each of 2 steps
     assert stats[True]["masked_in_batch_known_positives"] == 2 * 19
     assert "masked_in_batch_known_positives" not in stats[False]
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_training_reports_loss_in_embedtune_log_lines_not_raw_dicts(tmp_path, trainable_model_dir, capsys, caplog, progress):
+    """One voice: no ``{'loss': ...}`` dicts from transformers on stdout or stderr (with progress
+    off it would print them to stdout, breaking --json); with progress, one log line per step."""
+    import logging
+
+    data = make_mined(tmp_path / "m")
+    cfg = _cfg(trainable_model_dir, max_steps=2, dev={"enabled": False}, logging_steps=1)
+    with caplog.at_level(logging.INFO, logger="embedtune"):
+        train_model(cfg, data, tmp_path / "run", progress=progress)
+    out = capsys.readouterr()
+    assert "'loss'" not in out.out and "'loss'" not in out.err
+    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert steps == (["step 1/2: " + steps[0].split(": ", 1)[1], "step 2/2: " + steps[1].split(": ", 1)[1]] if progress else [])
+    assert not progress or all("loss " in s for s in steps)
