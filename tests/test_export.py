@@ -276,6 +276,22 @@ def test_train_out_folder_exports_what_exists(tmp_path, tiny_model_dir):
     assert manifest["stage"] == "export" and manifest["missing"] == summary["missing"]
 
 
+
+@pytest.mark.rag
+def test_usage_of_an_export_without_index_runs_and_agrees(tmp_path, tiny_model_dir):
+    """Without an index USAGE.md encodes sample texts: its sentence-transformers and LangChain
+    snippets run and rank them alike."""
+    train = tmp_path / "train-out"
+    shutil.copytree(tiny_model_dir, train / "model")
+    export_run(train, tmp_path / "ship")
+    blocks = usage_blocks((tmp_path / "ship" / "USAGE.md").read_text())
+    assert set(blocks) == {"sentence-transformers", "LangChain (`pip install 'embedtune[rag]'`)"}
+    printed = {title: result_lines(out) for title, out in run_blocks(blocks, tmp_path / "ship").items()}
+    st, lc = printed.values()
+    assert len(st) == 3 and [p for _, p in st] == [p for _, p in lc]
+    assert np.allclose([s for s, _ in st], [s for s, _ in lc], atol=2e-3)
+
+
 def test_symlink_pointing_outside_is_not_copied(tmp_path, tiny_model_dir):
     secret = tmp_path / "secret.json"
     secret.write_text('{"password": "hunter2"}')
