@@ -24,10 +24,8 @@ global batch instead of each device's share.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from .config import StrictModel
@@ -37,29 +35,9 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
     from torch import nn
 
+    from .masked_mnrl import KnownPositives
+
 LossName = Literal["mnrl", "cached_mnrl", "gist", "margin_mse"]
-
-
-@dataclass
-class KnownPositives:
-    """Training rows as numbers, for :class:`embedtune.masked_mnrl.KnownPositivesMNRL`."""
-
-    row_query: np.ndarray  # (rows,) query number of each row
-    row_docs: np.ndarray  # (rows, 1 + negatives) document numbers: positive, negative_1..n
-    pairs: np.ndarray  # query * num_docs + document, for every relevant pair
-    num_docs: int
-
-    @classmethod
-    def from_ids(cls, query_ids: list[str], doc_ids: list[list[str]], relevant: dict[str, set[str]]) -> "KnownPositives":
-        queries = {q: i for i, q in enumerate(dict.fromkeys([*query_ids, *relevant]))}
-        docs: dict[str, int] = {}
-        for ids in [*doc_ids, *relevant.values()]:
-            for d in ids:
-                docs.setdefault(d, len(docs))
-        row_docs = np.array([[docs[d] for d in ids] for ids in doc_ids], dtype=np.int64)
-        pairs = np.array([queries[q] * len(docs) + docs[d] for q, ds in relevant.items() for d in ds], dtype=np.int64)
-        row_query = np.array([queries[q] for q in query_ids], dtype=np.int64)
-        return cls(row_query=row_query, row_docs=row_docs, pairs=pairs, num_docs=len(docs))
 
 
 class LossConfig(StrictModel):

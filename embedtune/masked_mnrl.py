@@ -13,6 +13,7 @@ query and the document ids of every candidate in the batch and gives the known p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,13 +21,33 @@ import torch
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 from sentence_transformers.util import cos_sim
 
-from .losses import KnownPositives
+
+@dataclass
+class KnownPositives:
+    """Training rows as numbers, for :class:`KnownPositivesMNRL`."""
+
+    row_query: np.ndarray  # (rows,) query number of each row
+    row_docs: np.ndarray  # (rows, 1 + negatives) document numbers: positive, negative_1..n
+    pairs: np.ndarray  # query * num_docs + document, for every relevant pair
+    num_docs: int
+
+    @classmethod
+    def from_ids(cls, query_ids: list[str], doc_ids: list[list[str]], relevant: dict[str, set[str]]) -> "KnownPositives":
+        queries = {q: i for i, q in enumerate(dict.fromkeys([*query_ids, *relevant]))}
+        docs: dict[str, int] = {}
+        for ids in [*doc_ids, *relevant.values()]:
+            for d in ids:
+                docs.setdefault(d, len(docs))
+        row_docs = np.array([[docs[d] for d in ids] for ids in doc_ids], dtype=np.int64)
+        pairs = np.array([queries[q] * len(docs) + docs[d] for q, ds in relevant.items() for d in ds], dtype=np.int64)
+        row_query = np.array([queries[q] for q in query_ids], dtype=np.int64)
+        return cls(row_query=row_query, row_docs=row_docs, pairs=pairs, num_docs=len(docs))
 
 
 class KnownPositivesMNRL(MultipleNegativesRankingLoss):
     """MNRL (query -> positive, own hard negatives, in-batch documents) with known positives masked.
 
-    ``known`` holds the training rows as numbers (see :class:`embedtune.losses.KnownPositives`).
+    ``known`` holds the training rows as numbers (see :class:`KnownPositives`).
     The row's own positive is never masked.
     """
 

@@ -54,7 +54,7 @@ from .corpus import load_beir, load_corpus, parse_benchmark_source, read_jsonl
 from .errors import ConfigError, InputError, RunDirError
 from .io import TMP_PREFIX, atomic_write_json, atomic_write_with, save_model_atomically
 from .encoding import cpu_has_bf16
-from .losses import KnownPositives, LossConfig, build_loss
+from .losses import LossConfig, build_loss
 from .manifest import hash_path, prepare_run_folder, read_manifest, stage_key, write_manifest
 
 log = logging.getLogger("embedtune")
@@ -716,6 +716,8 @@ def train_round(
     rows = build_train_rows(data, cfg, dev.exclude_query_ids if dev else set())
     known = None
     if cfg.loss.name == "mnrl" and cfg.loss.mask_known_positives:
+        from .masked_mnrl import KnownPositives
+
         known = KnownPositives.from_ids(rows.query_ids, rows.doc_ids, rows.known_positives)
         rows.columns["label"] = list(range(len(rows.query_ids)))  # row index: the loss looks its ids up
     train_ds = Dataset.from_dict(rows.columns)

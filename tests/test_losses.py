@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from embedtune.losses import KnownPositives
+from embedtune.masked_mnrl import KnownPositives
 
 # Rows (query, positive, hard negative). q0 also knows d1 (row 1's positive); q2 also knows d4,
 # row 1's hard negative. Candidates in the loss: positives d0 d1 d2, then negatives d3 d4 d6.
