@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import http.server
 import threading
 import zipfile
@@ -39,8 +40,11 @@ def test_download_verifies_and_unpacks(served, tmp_path):
     root, base = served
     make_zip(write_beir(tmp_path / "src"), root / "mini.zip")
     digest = hashlib.sha256((root / "mini.zip").read_bytes()).hexdigest()
-    result = CliRunner().invoke(app, ["data", "download", "mini", "--dest", str(tmp_path / "data"), "--url", f"{base}/mini.zip", "--sha256", digest])
+    result = CliRunner().invoke(app, ["data", "download", "mini", "--dest", str(tmp_path / "data"), "--url", f"{base}/mini.zip",
+                                      "--sha256", digest, "--json"])
     assert result.exit_code == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0]) == {"dataset": "mini", "folder": str(tmp_path / "data" / "mini"), "splits": ["test", "train"]}
     ds = load_beir(tmp_path / "data" / "mini", "test")
     assert len(ds.corpus) == 6 and len(ds.queries) == 3
     assert not list((tmp_path / "data").glob(".tmp-*"))

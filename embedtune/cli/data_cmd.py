@@ -69,6 +69,7 @@ def download_command(
     dest: Path = typer.Option(Path("data"), "--dest", help="Folder that receives <dest>/<name>/."),
     url: str = typer.Option(None, "--url", help="Zip URL (default: the public BEIR mirror)."),
     sha256: str = typer.Option(None, "--sha256", help="Expected sha256 of the zip; checked when given."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Download a public BEIR dataset (needs internet), verify it, and unpack it in BEIR layout."""
@@ -79,4 +80,7 @@ def download_command(
     with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), console=console) as bar:
         task = bar.add_task(f"downloading {name}", total=None)
         folder = download_beir(name, dest, url=url, sha256=sha256, progress=lambda done, total: bar.update(task, completed=done, total=total or None))
-    console.print(f"[green]ready:[/] {folder} (splits: {', '.join(beir_splits(folder))})")
+    splits = beir_splits(folder)
+    console.print(f"[green]ready:[/] {folder} (splits: {', '.join(splits)})")
+    if as_json:
+        emit_json({"dataset": name, "folder": str(folder), "splits": list(splits)})
