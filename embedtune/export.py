@@ -856,6 +856,16 @@ def render_usage(s: dict[str, Any]) -> str:
            f"{int8['mean_cosine']:.4f}, min {int8['min_cosine']:.4f} on {int8['texts']} texts).{measured} In LangChain pass "
            "`model_kwargs={\"trust_remote_code\": True}` to `HuggingFaceEmbeddings`, in LlamaIndex `trust_remote_code=True` "
            "to `HuggingFaceEmbedding`, with `model_name=\"model-int8\"`.")
+    if s.get("onnx"):
+        lines += [
+            "## ONNX (`model/onnx/model.onnx`)", "",
+            f"The transformer as a fused fp32 ONNX graph (inputs {', '.join(s['onnx']['inputs'])}, output `last_hidden_state`; "
+            f"checked against torch: min cosine {s['onnx']['min_cosine']:.6f}). sentence-transformers runs it with "
+            "`SentenceTransformer(\"model\", backend=\"onnx\")` only where optimum is installed, and the optimum releases "
+            "pin transformers < 4.58: installing them downgrades transformers 5 and sentence-transformers 6. Without optimum, "
+            "serve the int8 model (`--int8`) or the torch folder; any onnxruntime program can run the graph directly "
+            "(tokenize with `model/tokenizer.json`, pool `last_hidden_state` as `model/1_Pooling/config.json` says, L2-normalise).", "",
+        ]
     if index:
         lines += ["## The exported index (embedtune)", "", "```bash",
                   "embedtune search index \"your question\" -k 5",
