@@ -111,7 +111,7 @@ def _model_for_precision(model: "SentenceTransformer", precision: str) -> "Sente
             from .errors import ConfigError
 
             raise ConfigError("precision 'int8' runs on the CPU (onnxruntime); use 'fp16' on CUDA", field="precision")
-        return onnx_encoder(model)
+        return onnx_encoder(model, default_cache_dir() / "onnx")
     import torch
 
     if precision == "fp16" and not model_device(model).startswith("cuda"):

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ModelError, first_line
-from .io import TMP_PREFIX
+from .io import TMP_PREFIX, atomic_write_dir
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -210,35 +210,31 @@ def write_onnx_model(model: "SentenceTransformer", out_dir: str | Path, *, int8:
     require_onnx("int8 / ONNX encoding")
     transformer = transformer_of(model)
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out_dir.name}.", dir=out_dir.parent))
+    rel = INT8_FILE if int8 else FP32_FILE
     t0 = time.perf_counter()
-    try:
-        src = work / "src"
-        (src / "onnx").mkdir(parents=True)
-        transformer.auto_model.config.save_pretrained(src)
-        transformer.tokenizer.save_pretrained(src)
-        try:
-            export_graph(model, src / FP32_FILE)
-            rel = FP32_FILE
-            if int8:
-                quantize_int8(src / FP32_FILE, src / INT8_FILE)
-                (src / FP32_FILE).unlink()
-                rel = INT8_FILE
-        except ModelError:
-            raise
-        except Exception as err:
-            raise ModelError(f"{'int8' if int8 else 'ONNX'} export of this model failed: {first_line(err)}") from None
-        onnx = onnx_twin(model, src, rel)
-        onnx.prompts = dict(getattr(model, "prompts", {}) or {})
-        onnx.default_prompt_name = getattr(model, "default_prompt_name", None)
-        final = work / "model"
-        onnx.save(str(final))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        final.rename(out_dir)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+
+    def write(tmp: Path) -> None:
+        # the graph, config and tokenizer first (what OnnxTransformer loads), then the whole model
+        # saved by sentence-transformers from there into ``tmp``
+        with tempfile.TemporaryDirectory(prefix=TMP_PREFIX, dir=out_dir.parent) as work:
+            src = Path(work)
+            (src / "onnx").mkdir()
+            transformer.auto_model.config.save_pretrained(src)
+            transformer.tokenizer.save_pretrained(src)
+            try:
+                export_graph(model, src / FP32_FILE)
+                if int8:
+                    quantize_int8(src / FP32_FILE, src / INT8_FILE)
+            except ModelError:
+                raise
+            except Exception as err:
+                raise ModelError(f"{'int8' if int8 else 'ONNX'} export of this model failed: {first_line(err)}") from None
+            onnx = onnx_twin(model, src, rel)
+            onnx.prompts = dict(getattr(model, "prompts", {}) or {})
+            onnx.default_prompt_name = getattr(model, "default_prompt_name", None)
+            onnx.save(str(tmp))
+
+    atomic_write_dir(out_dir, write)
     return {"path": str(out_dir), "onnx_file": rel, "bytes": (out_dir / rel).stat().st_size,
             "seconds": round(time.perf_counter() - t0, 2)}
 
@@ -252,14 +248,14 @@ def onnx_twin(model: "SentenceTransformer", folder: str | Path, onnx_file: str) 
     return SentenceTransformer(modules=[first, *list(model)[1:]], device="cpu")
 
 
-def onnx_encoder(model: "SentenceTransformer") -> "SentenceTransformer":
+def onnx_encoder(model: "SentenceTransformer", folder: Path) -> "SentenceTransformer":
     """The int8 twin of ``model`` for ``precision: int8``: its transformer quantised to an int8
-    ONNX graph (written once per weights, in ``onnx/`` of the embedding cache folder), its other
-    modules shared with ``model``.
+    ONNX graph (written once per weights under ``folder``: the embedding cache's ``onnx/``), its
+    other modules shared with ``model``.
 
     Keyed by the transformer's weights themselves, not by the folder the model came from: a model
     trained or merged in memory (select's candidates, a query-side encoder copy) gets its own graph."""
-    return _onnx_encoder(model, weights_digest(model[0]), model.max_seq_length)
+    return _onnx_encoder(model, Path(folder) / f"{weights_digest(model[0])[:32]}-int8", model.max_seq_length)
 
 
 _DIGESTS: dict[tuple, str] = {}
@@ -288,10 +284,7 @@ def weights_digest(module) -> str:
 
 
 @functools.lru_cache(maxsize=2)
-def _onnx_encoder(model: "SentenceTransformer", digest: str, max_seq_length: int) -> "SentenceTransformer":
-    from .encoding import default_cache_dir
-
-    folder = default_cache_dir() / "onnx" / f"{digest[:32]}-int8"
+def _onnx_encoder(model: "SentenceTransformer", folder: Path, max_seq_length: int) -> "SentenceTransformer":
     if not (folder / INT8_FILE).is_file():
         log.info("quantising the model to int8 ONNX (once per weights): %s", folder)
         write_onnx_model(model, folder)

@@ -18,13 +18,11 @@ metadata from the payload's top level) and under ``metadata`` (where LangChain r
 from __future__ import annotations
 
 import importlib.util
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError, ModelError
-from .io import TMP_PREFIX
+from .io import atomic_write_dir
 
 COLLECTION = "passages"
 BATCH = 512
@@ -55,9 +53,10 @@ def write_qdrant(index_dir: str | Path, out_dir: str | Path, *, collection: str 
     searcher = load_searcher(index_dir / SEARCHER_DIR)
     vectors = searcher.vectors()
     passages = PassageStore(index_dir / "passages.jsonl")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out_dir.name}.", dir=out_dir.parent))
-    try:
+    count = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal count
         client = QdrantClient(path=str(tmp))
         # cosine: the vectors are unit length, so scores equal the index's inner products; and it is
         # the distance LangChain's Qdrant store expects unless told otherwise
@@ -74,13 +73,10 @@ def write_qdrant(index_dir: str | Path, out_dir: str | Path, *, collection: str 
             client.upsert(collection, points=points, wait=True)
         count = client.count(collection).count
         client.close()
+
+    try:
+        atomic_write_dir(out_dir, write)
+    finally:
         passages.close()
-        if out_dir.exists():
-            out_dir.rmdir()
-        tmp.rename(out_dir)
-    except BaseException:
-        passages.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"path": str(out_dir), "kind": "qdrant-local", "collection": collection, "count": count, "dim": searcher.dim,
             "model_sha256": manifest["index"].get("model_sha256")}
