@@ -223,7 +223,8 @@ class Pipeline:
             from .training import train_model
 
             # A killed training resumes from its last checkpoint unless upstream changed.
-            return train_model(cfg, self.run_dir / "mine", out, resume=not rerun, overwrite=rerun, progress=progress)
+            return train_model(cfg, self.run_dir / "mine", out, resume=not rerun, overwrite=rerun, progress=progress,
+                               remine=remining(self.run_dir / "mine") if cfg.rounds > 1 else None)
         if stage == "select":
             from .selection import run_selection
 
@@ -253,7 +254,8 @@ class Pipeline:
         run: the select stage scores candidates on it and the eval stage chooses the fusion weight
         on its queries."""
         if self._dev is None:
-            from .training import load_mined, make_dev_split
+            from .mined import load_mined
+            from .training.dev import make_dev_split
 
             self._dev = make_dev_split(load_mined(self.run_dir / "mine"), self.validate()["train"])
         return self._dev
@@ -303,6 +305,28 @@ class Pipeline:
             # the index ships the weight chosen on dev for the shipped model (a setting: no stage re-runs)
             write_fusion(self.run_dir / "index", FusionConfig(**fusion["config"]), chosen_on={k: v for k, v in fusion.items() if k != "config"})
         return result
+
+
+def remining(mined: str | Path) -> Callable[[str, Path], Path]:
+    """Re-mining between training rounds (ANCE): the same pairs, mined again with the round's
+    model and the settings of the first mining run (its manifest's config)."""
+    from .config import build_config
+    from .manifest import read_manifest
+    from .mining import MineConfig, mine_hard_negatives
+
+    mined = Path(mined)
+    manifest = read_manifest(mined) or {}
+    if manifest.get("stage") != "mine" or not manifest.get("config"):
+        raise ConfigError("rounds > 1 re-mine with the settings of the mining run, but the data folder has no mining manifest", file=mined, field="rounds")
+
+    def remine(model_name: str, out_dir: Path) -> Path:
+        cfg = dict(manifest["config"])
+        cfg["model"] = {**cfg.get("model", {}), "name": model_name}
+        summary = mine_hard_negatives(build_config(MineConfig, cfg, source=str(mined / "manifest.json")), out_dir)
+        log.info("re-mined with %s: %s rows, %s negatives", model_name, summary.get("pairs"), summary.get("negatives"))
+        return out_dir
+
+    return remine
 
 
 def headline(run_dir: str | Path) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from .config import ModelConfig, StrictModel
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from .training import DevSplit
+    from .training.dev import DevSplit
 
 log = logging.getLogger("embedtune")
 

@@ -4,7 +4,7 @@ queries, next to the model alone and BM25 alone.
 The unsupervised recipe (configs/unsupervised.yaml) distils this teacher into the model on
 pseudo-queries; it can only help where the teacher ranks better than the model. This measures that
 on a labelled BEIR split: each query's candidates are the union of the model's and BM25's top 100,
-re-scored by ``embedtune.mining.HybridTeacher`` (exactly the code mining uses), and nDCG@10 is
+re-scored by ``embedtune.mining.teachers.HybridTeacher`` (exactly the code mining uses), and nDCG@10 is
 computed with pytrec_eval as in ``embedtune eval``.
 
     python eval/bench_teacher.py --data ../shared/datasets/scifact --split test --json
@@ -38,7 +38,9 @@ def main() -> None:
     from embedtune.corpus import load_beir
     from embedtune.encoding import encode_corpus, encode_queries
     from embedtune.evaluation import bm25_run, compute_metrics, dense_run, mean_metrics
-    from embedtune.mining import CandidatePool, HybridTeacher, HybridTeacherConfig
+    from embedtune.mining import HybridTeacherConfig
+    from embedtune.mining.candidates import CandidatePool
+    from embedtune.mining.teachers import HybridTeacher
     from embedtune.models import load_model
 
     t0 = time.perf_counter()

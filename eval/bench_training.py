@@ -97,7 +97,7 @@ def run_plain(cols: dict[str, list], out: Path, cfg) -> list[float]:
     )
 
     from embedtune.models import resolve_model_path
-    from embedtune.training import resolve_precision
+    from embedtune.training.config import resolve_precision
 
     transformers.set_seed(cfg.seed)
     model = SentenceTransformer(str(resolve_model_path(cfg.model.name)), device="cpu")

@@ -200,7 +200,8 @@ def test_empty_documents_are_reported_and_kept(tmp_path, tiny_model_dir):
 def test_empty_documents_are_never_mined(tmp_path):
     """Kept in the corpus, but never a negative or a positive: a qrels row pointing at one is
     counted, not turned into a pair."""
-    from embedtune.mining import MineConfig, load_mining_inputs
+    from embedtune.mining import MineConfig
+    from embedtune.mining.inputs import load_mining_inputs
 
     folder = write_beir(tmp_path / "ds")
     lines_with(folder, "corpus.jsonl", 3, '{"_id": "d3", "title": "", "text": "  "}')  # judged relevant for q3 in test

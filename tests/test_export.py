@@ -194,7 +194,7 @@ def test_usage_snippets_run_from_a_moved_export_and_give_the_same_answers(export
     """Every snippet of USAGE.md, taken from the file, runs from a moved copy of the export
     against the real packages; the dense ones (sentence-transformers, embedtune, Qdrant,
     LangChain, LlamaIndex) return the same passages, in the same order, as `embedtune search`."""
-    from embedtune.export import QUERY, TOP_K
+    from embedtune.export.usage import QUERY, TOP_K
 
     out, _ = exported
     usage = (out / "USAGE.md").read_text()

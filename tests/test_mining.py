@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from embedtune.errors import ConfigError
-from embedtune.mining import MineConfig, filter_candidates, rank_among_non_positives, rrf_fuse, sample_negatives
+from embedtune.mining import MineConfig
+from embedtune.mining.candidates import rrf_fuse
+from embedtune.mining.filters import filter_candidates, rank_among_non_positives, sample_negatives
 
 # --------------------------------------------------------------------------- filters
 

@@ -87,7 +87,7 @@ def check_hybrid(run_dir: Path, summary: dict) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     res = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, env=env, timeout=300, cwd=run_dir / "export")
     assert res.returncode == 0, res.stderr[-2000:]
-    from embedtune.export import TOP_K
+    from embedtune.export.usage import TOP_K
 
     assert len(res.stdout.strip().splitlines()) == TOP_K
 

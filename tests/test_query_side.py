@@ -22,7 +22,8 @@ from embedtune.io import save_model_atomically
 from embedtune.models import QUERY_SIDE_FILE, document_fingerprint, load_model
 from embedtune.query_side import add_query_adapter, interpolate_query_side, query_adapter
 from embedtune.search import exact_search
-from embedtune.training import TrainConfig, load_mined, train_model
+from embedtune.mined import load_mined
+from embedtune.training import TrainConfig, train_model
 
 TEXTS = ["vitamin d and cancer risk in adults", "salt intake raises blood pressure", "fish oil for the heart",
          "a numpy array sum", "protein synthesis drives cell growth", "sleep and memory"]

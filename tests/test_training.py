@@ -22,13 +22,10 @@ from tiny_models import VOCAB_WORDS, build_tiny_bert
 from embedtune.cli import app
 from embedtune.errors import ConfigError, InputError
 from embedtune.manifest import write_manifest
-from embedtune.training import (
-    TrainConfig,
-    build_train_rows,
-    load_mined,
-    make_dev_split,
-    train_model,
-)
+from embedtune.mined import load_mined
+from embedtune.training import TrainConfig, train_model
+from embedtune.training.dev import make_dev_split
+from embedtune.training.rows import build_train_rows
 
 # --------------------------------------------------------------------------- builders
 
@@ -383,7 +380,7 @@ def test_a_crash_after_the_last_step_resumes_without_training_again(tmp_path, tr
     data = make_mined(tmp_path / "m")
     cfg = _cfg(trainable_model_dir, max_steps=4, dev={"enabled": False}, save_steps=2)
     out = tmp_path / "run"
-    with mock.patch("embedtune.training.plot_curve", side_effect=RuntimeError("killed")), pytest.raises(RuntimeError):
+    with mock.patch("embedtune.training.stage.plot_curve", side_effect=RuntimeError("killed")), pytest.raises(RuntimeError):
         train_model(cfg, data, out, progress=False)
     first = _weights(out / "model")
     assert (out / "checkpoints" / "checkpoint-4").is_dir()
@@ -399,6 +396,7 @@ def test_two_rounds_remine_with_the_tuned_model(tmp_path, trainable_model_dir):
     from embedtune.config import build_config
     from embedtune.manifest import read_manifest
     from embedtune.mining import MineConfig, mine_hard_negatives
+    from embedtune.pipeline import remining
 
     beir = make_mined(tmp_path / "src", n_queries=30).joinpath("beir")
     docs = [json.loads(line) for line in (beir / "corpus.jsonl").read_text().splitlines()]
@@ -414,7 +412,7 @@ def test_two_rounds_remine_with_the_tuned_model(tmp_path, trainable_model_dir):
     mine_hard_negatives(mine_cfg, tmp_path / "mined", show_progress=False)
 
     cfg = _cfg(trainable_model_dir, rounds=2, max_steps=3, dev={"eval_steps": 3})
-    manifest = train_model(cfg, tmp_path / "mined", tmp_path / "run", progress=False)
+    manifest = train_model(cfg, tmp_path / "mined", tmp_path / "run", progress=False, remine=remining(tmp_path / "mined"))
     run = tmp_path / "run"
     remined = read_manifest(run / "round-2" / "mined")
     assert remined["stage"] == "mine" and remined["config"]["model"]["name"] == str(run / "round-1" / "model")

@@ -41,6 +41,7 @@ def train_command(
     # try the hub (a user who wants it online sets HF_HUB_OFFLINE=0 explicitly).
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..config import load_config
+    from ..pipeline import remining
     from ..training import TrainConfig, train_model
 
     overrides = {
@@ -58,7 +59,8 @@ def train_command(
         "seed": seed,
     }
     cfg = load_config(TrainConfig, config, _without_none(overrides))
-    manifest = train_model(cfg, data, out, resume=resume, overwrite=overwrite)
+    remine = remining(data) if cfg.rounds > 1 else None
+    manifest = train_model(cfg, data, out, resume=resume, overwrite=overwrite, remine=remine)
     if not manifest:  # not the main process of a multi-process run
         return
     summary = _summary(manifest, out)

@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .io import atomic_write_text, atomic_write_with
+from ..io import atomic_write_text, atomic_write_with
 
 if TYPE_CHECKING:
-    from .mining import MineConfig, MiningResult
+    from .config import MineConfig
+    from .negatives import MiningResult
 
 FILTER_DESCRIPTIONS = {
     "retrieved": "candidates retrieved (all queries, positives included)",
