@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from . import progress
 from .config import ModelConfig
 from .io import TMP_PREFIX, atomic_save_npy, atomic_write_json
 
@@ -122,6 +123,14 @@ def _model_for_precision(model: "SentenceTransformer", precision: str) -> "Sente
     return copy.deepcopy(model).to(dtype)
 
 
+ENCODE_SLICE_BATCHES = 16  # batches per call to encode(): the bar advances this often
+
+
+def _text_length(text: str) -> int:
+    """The length sentence-transformers sorts by (``BaseModel._input_length`` of a string)."""
+    return len(text)
+
+
 def encode_texts(
     model: "SentenceTransformer",
     texts: Sequence[str],
@@ -142,16 +151,25 @@ def encode_texts(
         return np.zeros((0, dim), dtype=np.float32)
     precision = resolve_precision(precision, model_device(model))
     runner = _model_for_precision(model, precision)
-    vectors = runner.encode(
-        list(texts),
-        prompt=prompt or None,
-        batch_size=batch_size,
-        normalize_embeddings=True,
-        convert_to_numpy=True,
-        show_progress_bar=show_progress,
-        task=task,
-    )
-    vectors = np.array(vectors, dtype=np.float32, order="C")
+    # Longest first, in slices of whole batches, as sentence-transformers sorts inside encode():
+    # the batches are the ones one encode() call makes, and the slices advance embedtune's bar
+    # (sentence-transformers' own "Batches" bar stays off).
+    order = np.argsort([-_text_length(t) for t in texts], kind="stable")
+    vectors = np.empty((len(texts), dim), dtype=np.float32)
+    slice_size = batch_size * ENCODE_SLICE_BATCHES
+    with progress.step(f"Encoding {task}s", len(texts), enabled=show_progress) as bar:
+        for start in range(0, len(texts), slice_size):
+            part = order[start:start + slice_size]
+            vectors[part] = runner.encode(
+                [texts[i] for i in part],
+                prompt=prompt or None,
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+                task=task,
+            )
+            bar.advance(len(part))
     if precision != "fp32":
         # normalised by the half-precision (or int8) model (about 3 significant digits): unit length again
         # in float32, so that inner products are cosines as exact as fp32 vectors give them

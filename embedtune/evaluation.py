@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from .config import ModelConfig, StrictModel
 from .corpus import BeirDataset, load_beir, parse_benchmark_source
@@ -44,12 +44,14 @@ HEADLINE = "ndcg@10"
 class EvalConfig(StrictModel):
     """Settings of ``embedtune eval``."""
 
-    data: str = Field(..., description="BEIR folder or name (./data, ../shared/datasets).")
+    benchmark: str = Field(..., validation_alias=AliasChoices("benchmark", "data"),  # 'data': the key before 0.x, still read
+                           description="BEIR folder or name (./data, ../shared/datasets).")
     split: str = "test"
     models: list[ModelConfig] = Field(default_factory=list, description="Models to compare; the first is the baseline.")
     labels: list[str] | None = Field(None, description="Display names of the models (default: from their names).")
     bm25: bool = Field(False, description="Add BM25 (bm25s) as a system.")
-    top_k: int = Field(1000, gt=0, description="Results retrieved per query (recall@1000 needs 1000).")
+    depth: int = Field(1000, gt=0, validation_alias=AliasChoices("depth", "top_k"),
+                       description="How deep each query's ranking is computed (recall@1000 needs 1000).")
     permutations: int = Field(10000, ge=100, description="Paired randomization test permutations / bootstrap resamples.")
     seed: int = 0
     skip_unknown_ids: bool = Field(False, description="Drop qrels rows naming unknown query/document ids (reported).")
@@ -372,15 +374,15 @@ def evaluate(cfg: EvalConfig, *, show_progress: bool = True) -> dict[str, Any]:
         raise ConfigError("nothing to evaluate: give at least one --model or --bm25", field="models")
     if cfg.hybrid and not cfg.models:
         raise ConfigError("--hybrid fuses BM25 with a model: give at least one --model", field="models")
-    folder, _ = parse_benchmark_source(f"{cfg.data}:{cfg.split}")
+    folder, _ = parse_benchmark_source(f"{cfg.benchmark}:{cfg.split}")
     ds = load_beir(folder, cfg.split, skip_unknown_ids=cfg.skip_unknown_ids)
     systems: list[dict[str, Any]] = []
     for label, model_cfg in zip(_labels(cfg), cfg.models):
         log.info("evaluating %s on %s/%s (%d queries, %d documents)", label, folder.name, cfg.split, len(ds.queries), len(ds.corpus))
-        run, info = dense_run(model_cfg, ds, top_k=cfg.top_k, cache_dir=cfg.cache_dir, show_progress=show_progress)
+        run, info = dense_run(model_cfg, ds, top_k=cfg.depth, cache_dir=cfg.cache_dir, show_progress=show_progress)
         systems.append({"name": label, **info, "run": run})
     if cfg.bm25 or cfg.hybrid:
-        run, info = bm25_run(ds, top_k=max(cfg.top_k, cfg.fusion.depth) if cfg.hybrid else cfg.top_k)
+        run, info = bm25_run(ds, top_k=max(cfg.depth, cfg.fusion.depth) if cfg.hybrid else cfg.depth)
         bm25_system = {"name": "bm25", **info, "run": run}
         if cfg.hybrid:
             systems += _hybrid_systems(cfg, folder, list(systems), run)

@@ -11,7 +11,7 @@ import numpy as np
 
 from .evaluation import HEADLINE, METRICS, EvalConfig, evaluate, summary_json
 from .io import atomic_write_json, atomic_write_text, atomic_write_with
-from .manifest import hash_path, prepare_run_folder, read_manifest, stage_key, write_manifest
+from .run_folder import hash_path, prepare_run_folder, read_manifest, stage_key, write_manifest
 
 BAR_METRICS = ("ndcg@10", "ndcg@100", "map@100", "recall@10", "recall@100", "mrr@10")
 
@@ -145,7 +145,7 @@ def run_evaluation(cfg: EvalConfig, out_dir: str | Path, *, overwrite: bool = Fa
     from .models import model_fingerprint, resolve_device, resolve_model_path
 
     out = Path(out_dir)
-    folder, _ = parse_benchmark_source(f"{cfg.data}:{cfg.split}")
+    folder, _ = parse_benchmark_source(f"{cfg.benchmark}:{cfg.split}")
     inputs = {
         "corpus.jsonl": hash_path(folder / "corpus.jsonl"),
         "queries.jsonl": hash_path(folder / "queries.jsonl"),

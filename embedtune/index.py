@@ -42,7 +42,7 @@ from .config import ChunkingConfig, CorpusConfig, ModelConfig, StrictModel
 from .corpus import Passage, load_corpus, split_into_passages
 from .errors import IndexMismatchError, RunDirError, first_line
 from .io import TMP_PREFIX, atomic_write_jsonl, sha256_file, sha256_text
-from .manifest import MANIFEST, hash_path, stage_key, write_manifest
+from .run_folder import MANIFEST, hash_path, stage_key, write_manifest
 from .models import document_fingerprint, load_model, model_info
 from .fusion import FusionConfig, fuse_scores
 from .search import BackendName
@@ -576,7 +576,7 @@ def _write_bm25(folder: Path, passages: list[dict[str, Any]]) -> None:
 def _prepare(out_dir: Path, key: str, overwrite: bool) -> dict[str, Any] | None:
     """The existing complete manifest when this exact build is already there; raises when the
     folder holds something else (unless ``overwrite``)."""
-    from .manifest import read_manifest
+    from .run_folder import read_manifest
 
     if not out_dir.exists():
         return None

@@ -21,7 +21,7 @@ from typing import Any
 from .corpus import read_jsonl
 from .errors import InputError
 from .io import atomic_write_dir, atomic_write_json, atomic_write_jsonl
-from .manifest import read_manifest
+from .run_folder import read_manifest
 
 REQUIRED_COLUMNS = ("query_id", "query", "positive_id", "positive", "negative_ids", "negatives")
 LIGHT_COLUMNS = ("query_id", "query", "positive_id", "negative_ids")  # read whole; document texts only per selected row

@@ -454,10 +454,10 @@ class TransformersQueryGenerator:
     def generate(self, passages: list[str], num_queries: int, seed: int) -> list[list[str]]:
         torch = self._torch
         out: list[list[str]] = []
-        from tqdm.auto import tqdm
+        from . import progress
 
         starts = range(0, len(passages), self.cfg.batch_size)
-        for b, start in enumerate(tqdm(starts, desc="Generating queries", disable=len(starts) < 2)):
+        for b, start in enumerate(progress.track(starts, "Generating queries (batches)", enabled=len(starts) > 1)):
             batch = [self.prompt.format(passage=p) for p in passages[start : start + self.cfg.batch_size]]
             enc = self.tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=self.cfg.max_input_tokens)
             enc.pop("token_type_ids", None)

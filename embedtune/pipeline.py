@@ -1,13 +1,19 @@
 """``embedtune run CONFIG.yaml``: mine -> train -> select -> index -> eval -> export, in one run folder.
 
-The pipeline only composes the stages' public functions; each stage keeps its own manifest in
-``RUN/<stage>/`` and skips itself when its config and inputs did not change. The pipeline adds:
+The pipeline only composes the stages' public functions. It is :data:`STAGE_TABLE` -- per stage
+its name, how its config is built from the run's YAML, the function that runs it, the earlier
+stages it reads and what it leaves in ``RUN/<stage>/`` -- walked by one loop (:meth:`Pipeline.run`).
+Each stage keeps its own manifest and skips itself when its config and inputs did not change
+(:mod:`embedtune.run_folder`). The pipeline adds:
 
-- one YAML for the whole run (``PipelineConfig``), validated before any work starts;
+- one YAML for the whole run (``PipelineConfig``), validated before any work starts, and every
+  input the stages will read checked too (corpus, queries, each qrels split, the dev split, guard
+  benchmarks, models and teachers): a bad qrels row stops the run before mining, not at eval;
 - ``RUN/pipeline.json``: the config's hash (another config in the same folder is an error) and,
-  per stage, the hash of the upstream manifest it was run on -- when an upstream stage re-ran,
-  the downstream stages re-run too; otherwise they are skipped or resumed (a killed training
-  continues from its last checkpoint);
+  per stage, the hash of the earlier stages' manifests it was run on, its wall time and its peak
+  resident memory -- when an upstream stage re-ran, the downstream stages re-run too; otherwise
+  they are skipped or resumed (a killed training continues from its last checkpoint);
+- re-mining between training rounds (``train.rounds > 1``, :func:`remining`);
 - ``select``: the regression guard -- base, tuned and merged weights compared on dev (and guard
   benchmarks); the index, the evaluation and the export use the model it ships;
 - ``--from STAGE`` to force a stage and everything after it to run again;
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,13 +32,12 @@ from pydantic import Field
 
 from .config import CorpusConfig, ModelConfig, StrictModel, build_config, deep_merge, read_yaml
 from .corpus import parse_benchmark_source
-from .errors import ConfigError, RunDirError
-from .io import atomic_write_json, remove_stale_temp_files, sha256_file, sha256_json
+from .errors import ConfigError
+from .io import remove_stale_temp_files
+from .peak_memory import peak_rss_mb, reset_peak_rss
+from .run_folder import RunFolder
 
 log = logging.getLogger("embedtune")
-
-STAGES = ("mine", "train", "select", "index", "eval", "export")
-STATE = "pipeline.json"
 
 
 class DataSection(StrictModel):
@@ -65,191 +71,199 @@ def load_pipeline_config(path: str | Path, overrides: dict[str, Any] | None = No
     return build_config(PipelineConfig, data, source=str(path))
 
 
+# --------------------------------------------------------------------------- the stages
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of the stage table: its config is built from the run's YAML by ``config``; ``run``
+    does the work in ``RUN/<name>/`` (``rerun``: ignore what the folder holds)."""
+
+    name: str
+    config: Callable[["Pipeline"], StrictModel]
+    run: Callable[["Pipeline", Any, bool, bool], dict[str, Any]]  # (pipeline, config, rerun, progress)
+    reads: tuple[str, ...]  # earlier stages whose folders it reads
+
+
+def _mine_config(p: "Pipeline") -> StrictModel:
+    from .mining import MineConfig
+
+    bench = p.benchmark()[0]
+    pairs = p.cfg.data.pairs or (f"{bench}:{p.cfg.data.train_split}" if bench else None)
+    if pairs is None:
+        raise ConfigError(f"{p.source}: field 'data': set data.benchmark, data.pairs or data.demo")
+    base = {"model": p.cfg.model.model_dump(), "pairs": pairs, "corpus": p.corpus()}
+    return build_config(MineConfig, deep_merge(base, p.cfg.mine, keep_none=True), f"{p.source}: mine")
+
+
+def _mine(p: "Pipeline", cfg: Any, rerun: bool, progress: bool) -> dict[str, Any]:
+    from .mining import mine_hard_negatives
+
+    return mine_hard_negatives(cfg, p.folder.stage_dir("mine"), overwrite=rerun, show_progress=progress)
+
+
+def _train_config(p: "Pipeline") -> StrictModel:
+    from .training import TrainConfig
+
+    return build_config(TrainConfig, deep_merge({"model": p.cfg.model.model_dump()}, p.cfg.train, keep_none=True), f"{p.source}: train")
+
+
+def _train(p: "Pipeline", cfg: Any, rerun: bool, progress: bool) -> dict[str, Any]:
+    from .training import train_model
+
+    mined = p.folder.stage_dir("mine")
+    # A killed training resumes from its last checkpoint unless upstream changed.
+    return train_model(cfg, mined, p.folder.stage_dir("train"), resume=not rerun, overwrite=rerun, progress=progress,
+                       remine=remining(mined) if cfg.rounds > 1 else None)
+
+
+def _select_config(p: "Pipeline") -> StrictModel:
+    from .selection import SelectConfig
+
+    return build_config(SelectConfig, p.cfg.select, f"{p.source}: select")
+
+
+def _select(p: "Pipeline", cfg: Any, rerun: bool, progress: bool) -> dict[str, Any]:
+    from .selection import run_selection
+
+    return run_selection(cfg, p.configs["train"].model, p.folder.stage_dir("train"), p.dev_split(), p.folder.stage_dir("select"), overwrite=rerun)
+
+
+def _index_config(p: "Pipeline") -> StrictModel:
+    from .index import IndexConfig
+
+    corpus = p.corpus()
+    if corpus is None:
+        raise ConfigError(f"{p.source}: field 'data.corpus': no corpus to index")
+    base = {"model": p.model_config(p.folder.shipped_model), "corpus": CorpusConfig(path=corpus).model_dump(), "hybrid": p.cfg.hybrid}
+    return build_config(IndexConfig, deep_merge(base, p.cfg.index, keep_none=True), f"{p.source}: index")
+
+
+def _index(p: "Pipeline", cfg: Any, rerun: bool, progress: bool) -> dict[str, Any]:
+    from .index import build_index
+
+    return build_index(cfg, p.folder.stage_dir("index"), overwrite=rerun, show_progress=progress)
+
+
+def _eval_config(p: "Pipeline") -> StrictModel:
+    from .evaluation import EvalConfig
+
+    bench, split = p.benchmark()
+    base = {"benchmark": str(bench), "split": split, "models": [p.cfg.model.model_dump(), p.model_config(p.folder.tuned_model)],
+            "labels": ["base", "tuned"], "bm25": p.cfg.bm25, "hybrid": p.cfg.hybrid}
+    return build_config(EvalConfig, deep_merge(base, p.cfg.eval, keep_none=True), f"{p.source}: eval")
+
+
+def _eval(p: "Pipeline", cfg: Any, rerun: bool, progress: bool) -> dict[str, Any]:
+    from .evaluation_report import run_evaluation
+
+    if cfg.hybrid and cfg.fusion_dev_split is None and "bm25_weight" not in cfg.fusion.model_fields_set:
+        cfg = cfg.model_copy(update=p.fusion_dev(cfg))
+    shipped = p.folder.shipped()
+    if shipped.startswith("merged"):  # the merged weights are a third system
+        models = list(cfg.models) + [cfg.models[1].model_copy(update={"name": str(p.folder.shipped_model)})]
+        cfg = cfg.model_copy(update={"models": models, "labels": list(cfg.labels or []) + ["merged"]})
+    result = run_evaluation(cfg, p.folder.stage_dir("eval"), overwrite=rerun, show_progress=progress)
+    fusion = result["summary"].get("fusion", {}).get(f"hybrid({shipped.split('(')[0]})")
+    index_dir = p.folder.stage_dir("index")
+    if fusion and (index_dir / "bm25").is_dir():
+        from .fusion import FusionConfig
+        from .index import write_fusion
+
+        # the index ships the weight chosen on dev for the shipped model (a setting: no stage re-runs)
+        write_fusion(index_dir, FusionConfig(**fusion["config"]), chosen_on={k: v for k, v in fusion.items() if k != "config"})
+    return result
+
+
+def _export_config(p: "Pipeline") -> StrictModel:
+    from .export import ExportConfig
+
+    return build_config(ExportConfig, p.cfg.export, f"{p.source}: export")
+
+
+def _export(p: "Pipeline", cfg: Any, rerun: bool, progress: bool) -> dict[str, Any]:
+    from .export import export_run
+
+    return export_run(p.folder.root, p.folder.stage_dir("export"), cfg, overwrite=rerun)
+
+
+STAGE_TABLE = (
+    Stage("mine", _mine_config, _mine, reads=()),
+    Stage("train", _train_config, _train, reads=("mine",)),
+    Stage("select", _select_config, _select, reads=("mine", "train")),
+    Stage("index", _index_config, _index, reads=("select",)),
+    Stage("eval", _eval_config, _eval, reads=("mine", "train", "select", "index")),
+    Stage("export", _export_config, _export, reads=("train", "select", "index", "eval")),
+)
+STAGES = tuple(s.name for s in STAGE_TABLE)
+
+
 class Pipeline:
-    """Resolves the stage configs of one run and runs the stages in order."""
+    """The stage configs of one run, checked before any work, and the loop that runs them."""
 
     def __init__(self, cfg: PipelineConfig, source: str = "config") -> None:
         self.cfg = cfg
         self.source = source
-        self.run_dir = Path(cfg.run_dir)
-        self._dev = None  # the training's dev split, once mining has run (see _dev_split)
+        self.folder = RunFolder(cfg.run_dir)
+        self._dev = None  # the training's dev split, once mining has run (see dev_split)
+        self.configs = self.validate()
 
-    # ------------------------------------------------------------------ stage configs
+    # ------------------------------------------------------------------ what the stages read
 
-    def _benchmark(self) -> tuple[Path | None, str]:
+    def benchmark(self) -> tuple[Path | None, str]:
         data = self.cfg.data
         if data.demo:
-            return self.run_dir / "data" / "docstrings", data.test_split
+            return self.folder.root / "data" / "docstrings", data.test_split
         if data.benchmark is None:
             return None, data.test_split
         folder, _ = parse_benchmark_source(f"{data.benchmark}:{data.test_split}")
         return folder, data.test_split
 
-    def _stage_config(self, stage: str) -> StrictModel:
-        cfg, data = self.cfg, self.cfg.data
-        bench, _ = self._benchmark()
-        corpus = data.corpus or (str(bench) if bench else None)
-        model = cfg.model.model_dump()
-        tuned = deep_merge(model, {"name": str(self.run_dir / "train" / "model")})
-        shipped = deep_merge(model, {"name": str(self.run_dir / "select" / "model")})
-        src = f"{self.source}: {stage}"
-        if stage == "mine":
-            from .mining import MineConfig
+    def corpus(self) -> str | None:
+        bench = self.benchmark()[0]
+        return self.cfg.data.corpus or (str(bench) if bench else None)
 
-            pairs = data.pairs or (f"{bench}:{data.train_split}" if bench else None)
-            if pairs is None:
-                raise ConfigError(f"{self.source}: field 'data': set data.benchmark, data.pairs or data.demo")
-            return build_config(MineConfig, deep_merge({"model": model, "pairs": pairs, "corpus": corpus}, cfg.mine, keep_none=True), src)
-        if stage == "train":
-            from .training import TrainConfig
-
-            return build_config(TrainConfig, deep_merge({"model": model}, cfg.train, keep_none=True), src)
-        if stage == "select":
-            from .selection import SelectConfig
-
-            return build_config(SelectConfig, cfg.select, src)
-        if stage == "index":
-            from .index import IndexConfig
-
-            if corpus is None:
-                raise ConfigError(f"{self.source}: field 'data.corpus': no corpus to index")
-            base = {"model": shipped, "corpus": CorpusConfig(path=corpus).model_dump(), "hybrid": cfg.hybrid}
-            return build_config(IndexConfig, deep_merge(base, cfg.index, keep_none=True), src)
-        if stage == "eval":
-            from .evaluation import EvalConfig
-
-            return build_config(EvalConfig, deep_merge(self._eval_defaults(model, tuned), cfg.eval, keep_none=True), src)
-        if stage == "export":
-            from .export import ExportConfig
-
-            return build_config(ExportConfig, cfg.export, src)
-        raise ValueError(stage)
+    def model_config(self, name: Path) -> dict[str, Any]:
+        """The run's model settings for another model folder of the run (tuned, shipped)."""
+        return deep_merge(self.cfg.model.model_dump(), {"name": str(name)})
 
     def validate(self) -> dict[str, StrictModel]:
         """Build every stage's config now, so a typo fails before hours of work."""
-        stages = list(STAGES)
-        if self._benchmark()[0] is None and not self.cfg.data.demo:
-            stages.remove("eval")
-        return {s: self._stage_config(s) for s in stages}
+        evaluated = self.benchmark()[0] is not None or self.cfg.data.demo
+        return {s.name: s.config(self) for s in STAGE_TABLE if s.name != "eval" or evaluated}
 
-    # ------------------------------------------------------------------ state
+    def check_inputs(self) -> None:
+        """Read every input the stages will need, so a bad file fails before the first stage:
+        models and teachers, the corpus, and the benchmark's queries and qrels of every split the
+        run uses (a qrels row naming an unknown document would stop the run at eval otherwise)."""
+        from .corpus import beir_splits, load_beir_corpus, load_qrels, load_queries
+        from .mining.inputs import load_mining_inputs
+        from .models import resolve_model_path
 
-    def _state_path(self) -> Path:
-        return self.run_dir / STATE
+        mine = self.configs["mine"]
+        for name in [self.cfg.model.name] + ([str(mine.cross_encoder.path)] if mine.cross_encoder else []):
+            resolve_model_path(name)
+        load_mining_inputs(mine)  # the corpus and the pairs, with their qrels when they are a BEIR split
+        splits: list[tuple[str, str, bool]] = []  # (source, split, skip_unknown_ids)
+        if "eval" in self.configs:
+            ev = self.configs["eval"]
+            splits += [(ev.benchmark, s, ev.skip_unknown_ids) for s in (ev.split, ev.fusion_dev_split) if s]
+        if self.configs["train"].dev.source:
+            splits.append((*parse_benchmark_source(self.configs["train"].dev.source), False))
+        splits += [(*parse_benchmark_source(g), False) for g in self.configs["select"].guard]
+        ids: dict[Path, tuple[set[str], set[str]]] = {}
+        for source, split, skip in splits:
+            folder = Path(source)
+            if folder not in ids:
+                ids[folder] = (set(load_queries(folder / "queries.jsonl")), set(load_beir_corpus(folder / "corpus.jsonl")))
+            qrels = folder / "qrels" / f"{split}.tsv"
+            if not qrels.is_file():
+                from .errors import InputError
 
-    def _read_state(self) -> dict[str, Any]:
-        import json
+                raise InputError(f"split '{split}' not found (available: {', '.join(beir_splits(folder)) or 'none'})", file=qrels)
+            load_qrels(qrels, query_ids=ids[folder][0], doc_ids=ids[folder][1], skip_unknown_ids=skip)
 
-        path = self._state_path()
-        if not path.is_file():
-            return {}
-        try:
-            return json.loads(path.read_text())
-        except ValueError:
-            raise RunDirError("pipeline state is corrupt; delete the run folder or pass --overwrite", file=path) from None
-
-    def _upstream_hash(self, stage: str) -> str:
-        """Hash of the manifests this stage depends on (all earlier stages)."""
-        parts = {}
-        for s in STAGES[: STAGES.index(stage)]:
-            m = self.run_dir / s / "manifest.json"
-            parts[s] = sha256_file(m) if m.is_file() else None
-        return sha256_json(parts)
-
-    # ------------------------------------------------------------------ running
-
-    def run(self, *, from_stage: str | None = None, overwrite: bool = False, progress: bool = True,
-            on_stage: Callable[[str, str], None] | None = None) -> dict[str, Any]:
-        configs = self.validate()
-        # the settings the user chose, not the defaults: a release that adds a setting (with a
-        # default) keeps existing run folders valid; each stage's own key still guards its results
-        key = sha256_json(self.cfg.model_dump(mode="json", exclude_defaults=True))
-        state = self._read_state()
-        if state and state.get("config_key") != key and not overwrite:
-            raise RunDirError("run folder holds a run of another config; choose another run_dir or pass --overwrite", file=self._state_path(), field="config_key")
-        if overwrite:
-            state = {}
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        removed = remove_stale_temp_files(self.run_dir)
-        if removed:
-            log.info("removed %d temp file(s) left by a killed run", removed)
-        state.setdefault("stages", {})
-        state.update({"config_key": key, "config": self.cfg.model_dump(mode="json")})
-        atomic_write_json(self._state_path(), state)
-        if self.cfg.data.demo:
-            from .demo_corpus import build_docstring_corpus
-
-            build_docstring_corpus(self.run_dir / "data" / "docstrings")
-        forced = False
-        results: dict[str, Any] = {}
-        for stage in STAGES:
-            if stage not in configs:
-                continue
-            forced = forced or stage == from_stage
-            upstream = self._upstream_hash(stage)
-            record = state["stages"].get(stage, {})
-            stale = record.get("upstream") != upstream
-            rerun = overwrite or forced or stale
-            state["stages"][stage] = {"upstream": upstream, "status": "running", "seconds": record.get("seconds")}
-            atomic_write_json(self._state_path(), state)
-            if on_stage:
-                on_stage(stage, "start")
-            manifest = self.run_dir / stage / "manifest.json"
-            before = sha256_file(manifest) if manifest.is_file() else None
-            t0 = time.perf_counter()
-            results[stage] = self._run_stage(stage, configs[stage], rerun=rerun, progress=progress)
-            seconds = time.perf_counter() - t0
-            # A stage that found its work done leaves its manifest untouched.
-            skipped = before is not None and manifest.is_file() and sha256_file(manifest) == before
-            # A skipped stage keeps the wall time of the run that did the work.
-            state["stages"][stage] = {"upstream": upstream, "status": "complete",
-                                      "seconds": record.get("seconds") if skipped and record.get("seconds") else seconds,
-                                      "skipped": skipped}
-            atomic_write_json(self._state_path(), state)
-            if on_stage:
-                on_stage(stage, "skipped" if skipped else "done")
-        from .report import write_pipeline_report
-
-        report = write_pipeline_report(self.run_dir, state)
-        return {"run_dir": str(self.run_dir), "stages": state["stages"], "results": results, "report": report}
-
-    def _run_stage(self, stage: str, cfg: StrictModel, *, rerun: bool, progress: bool) -> dict[str, Any]:
-        out = self.run_dir / stage
-        if stage == "mine":
-            from .mining import mine_hard_negatives
-
-            return mine_hard_negatives(cfg, out, overwrite=rerun, show_progress=progress)
-        if stage == "train":
-            from .training import train_model
-
-            # A killed training resumes from its last checkpoint unless upstream changed.
-            return train_model(cfg, self.run_dir / "mine", out, resume=not rerun, overwrite=rerun, progress=progress,
-                               remine=remining(self.run_dir / "mine") if cfg.rounds > 1 else None)
-        if stage == "select":
-            from .selection import run_selection
-
-            train_cfg = self.validate()["train"]
-            return run_selection(cfg, train_cfg.model, self.run_dir / "train", self._dev_split(), out, overwrite=rerun)
-        if stage == "index":
-            from .index import build_index
-
-            return build_index(cfg, out, overwrite=rerun, show_progress=progress)
-        if stage == "eval":
-            return self._run_eval(cfg, out, rerun=rerun, progress=progress)
-        if stage == "export":
-            from .export import export_run
-
-            return export_run(self.run_dir, out, cfg, overwrite=rerun)
-        raise ValueError(stage)
-
-    # ------------------------------------------------------------------ evaluation
-
-    def _eval_defaults(self, model: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any]:
-        bench, split = self._benchmark()
-        return {"data": str(bench), "split": split, "models": [model, tuned], "labels": ["base", "tuned"], "bm25": self.cfg.bm25,
-                "hybrid": self.cfg.hybrid}
-
-    def _dev_split(self):
+    def dev_split(self):
         """The training's dev split (seeded, so the same queries training held out), made once per
         run: the select stage scores candidates on it and the eval stage chooses the fusion weight
         on its queries."""
@@ -257,24 +271,15 @@ class Pipeline:
             from .mined import load_mined
             from .training.dev import make_dev_split
 
-            self._dev = make_dev_split(load_mined(self.run_dir / "mine"), self.validate()["train"])
+            self._dev = make_dev_split(load_mined(self.folder.stage_dir("mine")), self.configs["train"])
         return self._dev
 
-    def shipped(self) -> str:
-        """'base', 'tuned' or 'merged(alpha=...)': what the select stage chose."""
-        import json
-
-        path = self.run_dir / "select" / "selection.json"
-        return json.loads(path.read_text())["shipped"] if path.is_file() else "tuned"
-
-    def _fusion_dev(self, cfg: StrictModel) -> dict[str, Any]:
+    def fusion_dev(self, cfg: StrictModel) -> dict[str, Any]:
         """Where the fusion weight is chosen: the training's dev split when it is a split of the
         evaluated benchmark, else the training queries it held out; nothing (a fixed weight)
         when the training data has no labelled queries of the benchmark."""
-        from .corpus import parse_benchmark_source
-
-        train_cfg = self.validate()["train"]
-        bench, _ = self._benchmark()
+        train_cfg = self.configs["train"]
+        bench, _ = self.benchmark()
         if train_cfg.dev.source:
             folder, split = parse_benchmark_source(train_cfg.dev.source)
             if bench is not None and folder.resolve() == Path(bench).resolve():
@@ -285,34 +290,66 @@ class Pipeline:
             # pseudo-queries or a pairs file: no judged queries to choose on (the benchmark's own
             # dev labels would make a no-label recipe a labelled one): the fixed default weight
             return {"fusion": cfg.fusion.model_copy(update={"bm25_weight": cfg.fusion.bm25_weight})}
-        return {"fusion_dev_split": data.train_split.split(",")[0], "fusion_dev_queries": sorted(self._dev_split().exclude_query_ids)}
+        return {"fusion_dev_split": data.train_split.split(",")[0], "fusion_dev_queries": sorted(self.dev_split().exclude_query_ids)}
 
-    def _run_eval(self, cfg: StrictModel, out: Path, *, rerun: bool, progress: bool) -> dict[str, Any]:
-        from .evaluation_report import run_evaluation
+    # ------------------------------------------------------------------ the loop
 
-        if cfg.hybrid and cfg.fusion_dev_split is None and "bm25_weight" not in cfg.fusion.model_fields_set:
-            cfg = cfg.model_copy(update=self._fusion_dev(cfg))
-        shipped = self.shipped()
-        if shipped.startswith("merged"):  # the merged weights are a third system
-            models = list(cfg.models) + [cfg.models[1].model_copy(update={"name": str(self.run_dir / "select" / "model")})]
-            cfg = cfg.model_copy(update={"models": models, "labels": list(cfg.labels or []) + ["merged"]})
-        result = run_evaluation(cfg, out, overwrite=rerun, show_progress=progress)
-        fusion = result["summary"].get("fusion", {}).get(f"hybrid({shipped.split('(')[0]})")
-        if fusion and (self.run_dir / "index" / "bm25").is_dir():
-            from .fusion import FusionConfig
-            from .index import write_fusion
+    def run(self, *, from_stage: str | None = None, overwrite: bool = False, progress: bool = True,
+            on_stage: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+        if from_stage is not None and from_stage not in STAGES:
+            raise ConfigError(f"--from must be one of {', '.join(STAGES)}, got '{from_stage}'")
+        # the settings the user chose, not the defaults: a release that adds a setting (with a
+        # default) keeps existing run folders valid; each stage's own key still guards its results
+        state = self.folder.start_run(self.cfg.model_dump(mode="json", exclude_defaults=True), self.cfg.model_dump(mode="json"),
+                                      overwrite=overwrite)
+        if self.cfg.data.demo:
+            from .demo_corpus import build_docstring_corpus
 
-            # the index ships the weight chosen on dev for the shipped model (a setting: no stage re-runs)
-            write_fusion(self.run_dir / "index", FusionConfig(**fusion["config"]), chosen_on={k: v for k, v in fusion.items() if k != "config"})
-        return result
+            build_docstring_corpus(self.folder.root / "data" / "docstrings")
+        self.check_inputs()
+        removed = remove_stale_temp_files(self.folder.root)
+        if removed:
+            log.info("removed %d temp file(s) left by a killed run", removed)
+        forced = False
+        results: dict[str, Any] = {}
+        for stage in STAGE_TABLE:
+            if stage.name not in self.configs:
+                continue
+            forced = forced or stage.name == from_stage
+            # every earlier stage, not only ``reads``: the hash run folders were made with
+            upstream = self.folder.upstream_hash(STAGES[: STAGES.index(stage.name)])
+            record = state["stages"].get(stage.name, {})
+            rerun = overwrite or forced or record.get("upstream") != upstream
+            state["stages"][stage.name] = {**record, "upstream": upstream, "status": "running"}
+            self.folder.write_state(state)
+            if on_stage:
+                on_stage(stage.name, "start")
+            before = self.folder.manifest_hash(stage.name)
+            reset_peak_rss()
+            t0 = time.perf_counter()
+            results[stage.name] = stage.run(self, self.configs[stage.name], rerun, progress)
+            seconds, peak = time.perf_counter() - t0, peak_rss_mb()
+            # A stage that found its work done leaves its manifest untouched and keeps the wall
+            # time and memory of the run that did the work.
+            skipped = before is not None and self.folder.manifest_hash(stage.name) == before
+            if skipped and record.get("seconds"):
+                seconds, peak = record["seconds"], record.get("peak_rss_mb", peak)
+            state["stages"][stage.name] = {"upstream": upstream, "status": "complete", "seconds": seconds,
+                                           "peak_rss_mb": peak, "skipped": skipped}
+            self.folder.write_state(state)
+            if on_stage:
+                on_stage(stage.name, "skipped" if skipped else "done")
+        from .report import write_pipeline_report
+
+        report = write_pipeline_report(self.folder.root, state)
+        return {"run_dir": str(self.folder.root), "stages": state["stages"], "results": results, "report": report}
 
 
 def remining(mined: str | Path) -> Callable[[str, Path], Path]:
     """Re-mining between training rounds (ANCE): the same pairs, mined again with the round's
     model and the settings of the first mining run (its manifest's config)."""
-    from .config import build_config
-    from .manifest import read_manifest
     from .mining import MineConfig, mine_hard_negatives
+    from .run_folder import read_manifest
 
     mined = Path(mined)
     manifest = read_manifest(mined) or {}
@@ -327,56 +364,3 @@ def remining(mined: str | Path) -> Callable[[str, Path], Path]:
         return out_dir
 
     return remine
-
-
-def headline(run_dir: str | Path) -> dict[str, Any]:
-    """Base vs tuned nDCG@10, the p-value and the total wall time of a finished run."""
-    import json
-
-    run_dir = Path(run_dir)
-    out: dict[str, Any] = {"run_dir": str(run_dir)}
-    state_path = run_dir / STATE
-    if state_path.is_file():
-        stages = json.loads(state_path.read_text()).get("stages", {})
-        out["wall_time_s"] = round(sum(s.get("seconds") or 0 for s in stages.values()), 1)
-        out["stage_seconds"] = {k: round(v.get("seconds") or 0, 1) for k, v in stages.items()}
-    selection = run_dir / "select" / "selection.json"
-    if selection.is_file():
-        sel = json.loads(selection.read_text())
-        out["shipped"] = {"model": sel["shipped"], "alpha": sel["alpha"], "why": sel["why"], "beat_base": sel["beat_base"],
-                          "dev_ndcg@10": {c["name"]: round(c["dev_ndcg@10"], 4) for c in sel["candidates"]}}
-    index_manifest, train_manifest = run_dir / "index" / "manifest.json", run_dir / "train" / "manifest.json"
-    if index_manifest.is_file() and train_manifest.is_file():
-        # whether the shipped model's document vectors differ from the base model's: with a
-        # query-side model they do not, and every index of the base model stays valid
-        info = json.loads(index_manifest.read_text())["index"]
-        base_sha = json.loads(train_manifest.read_text()).get("models", {}).get("base", {}).get("sha256")
-        out["reindexed"] = (info.get("document_encoder_sha256") or info.get("model_sha256")) != base_sha
-    manifest = run_dir / "eval" / "manifest.json"
-    if manifest.is_file():
-        summary = json.loads(manifest.read_text())["metrics"]
-        models = summary["models"]
-        out["dataset"], out["split"], out["queries"] = summary["dataset"], summary["split"], summary["queries"]
-        out["base"] = {"ndcg@10": models["base"]["ndcg@10"], "recall@100": models["base"]["recall@100"]}
-        out["tuned"] = {"ndcg@10": models["tuned"]["ndcg@10"], "recall@100": models["tuned"]["recall@100"]}
-        if "bm25" in models:
-            out["bm25"] = {"ndcg@10": models["bm25"]["ndcg@10"]}
-        d = summary["deltas"]["tuned"]["ndcg@10"]
-        out["delta_ndcg@10"], out["p_value"], out["ci95"] = d["delta"], d["p_value"], d["ci95"]
-        out["ndcg@10"] = out["tuned"]["ndcg@10"]
-        out["wins_ties_losses"] = summary["wins_ties_losses"]["tuned"]
-        for name in ("merged", "hybrid(base)", "hybrid(tuned)", "hybrid(merged)"):
-            if name in models:
-                d = summary["deltas"][name]["ndcg@10"]
-                out[name] = {"ndcg@10": models[name]["ndcg@10"], "recall@100": models[name]["recall@100"],
-                             "delta_vs_base": d["delta"], "ci95": d["ci95"], "p_value": d["p_value"]}
-                if name in summary.get("fusion", {}):
-                    out[name] |= {"bm25_weight": summary["fusion"][name]["config"]["bm25_weight"],
-                                  "fusion_chosen_on": summary["fusion"][name]["source"]}
-        for name, d in summary.get("deltas_vs", {}).get("hybrid(base)", {}).items():
-            if name in ("tuned", "merged", "hybrid(tuned)", "hybrid(merged)"):
-                r = d["ndcg@10"]
-                out.setdefault("vs_hybrid_base", {})[name] = {"delta": r["delta"], "ci95": r["ci95"], "p_value": r["p_value"]}
-        if "best" in summary:
-            out["best"] = summary["best"]
-    return out

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from .io import atomic_write_text
+from .run_folder import STAGE_ARTIFACTS, RunFolder, read_manifest
 
-STAGE_TITLES = {"mine": "Hard-negative mining", "train": "Training", "index": "Index", "eval": "Evaluation", "export": "Export"}
+STAGE_TITLES = {"mine": "Hard-negative mining", "train": "Training", "select": "Selection", "index": "Index", "eval": "Evaluation", "export": "Export"}
 _IMG = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
 _HEADING = re.compile(r"^(#+) ", re.M)
 
@@ -32,8 +33,7 @@ def _embed_markdown(path: Path, prefix: str) -> str:
 
 
 def _manifest(run_dir: Path, stage: str) -> dict[str, Any]:
-    path = run_dir / stage / "manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_manifest(RunFolder(run_dir).stage_dir(stage)) or {}
 
 
 def _fmt_seconds(s: float | None) -> str:
@@ -68,19 +68,20 @@ def build_markdown(run_dir: Path, state: dict[str, Any]) -> str:
     if mine_md:
         lines += ["## Mining", "", mine_md, ""]
 
-    lines += ["## Wall time per stage", "", "| stage | wall time | this run |", "|---|---|---|"]
-    total = 0.0
+    lines += ["## Wall time and peak memory per stage", "", "| stage | wall time | peak resident memory | this run |", "|---|---|---|---|"]
+    total, peak = 0.0, 0.0
     for stage, rec in state.get("stages", {}).items():
         total += rec.get("seconds") or 0.0
-        lines.append(f"| {STAGE_TITLES.get(stage, stage)} | {_fmt_seconds(rec.get('seconds'))} | {'skipped (unchanged)' if rec.get('skipped') else rec.get('status', '')} |")
-    lines += [f"| **total** | **{_fmt_seconds(total)}** | |", ""]
+        peak = max(peak, rec.get("peak_rss_mb") or 0.0)
+        memory = f"{rec['peak_rss_mb'] / 1024:.2f} GB" if rec.get("peak_rss_mb") else "-"
+        lines.append(f"| {STAGE_TITLES.get(stage, stage)} | {_fmt_seconds(rec.get('seconds'))} | {memory} | "
+                     f"{'skipped (unchanged)' if rec.get('skipped') else rec.get('status', '')} |")
+    lines += [f"| **total** | **{_fmt_seconds(total)}** | **{peak / 1024:.2f} GB** | |", ""]
 
     lines += ["## Artifacts", ""]
-    for stage, what in (("mine", "mined dataset (`dataset/`, `pairs.jsonl`)"), ("train", "tuned model (`model/`), checkpoints, training curve"),
-                        ("index", "search index, id map, passage store"), ("eval", "metrics.json, report.md, plots"),
-                        ("export", "model for your RAG stack, model card, USAGE.md")):
-        if (run_dir / stage).is_dir():
-            lines.append(f"- {STAGE_TITLES[stage]}: `{run_dir / stage}` -- {what}")
+    for stage, what in STAGE_ARTIFACTS.items():
+        if RunFolder(run_dir).stage_dir(stage).is_dir():
+            lines.append(f"- {STAGE_TITLES.get(stage, stage)}: `{run_dir / stage}` -- {what}")
     lines.append("")
     return "\n".join(lines)
 

@@ -193,7 +193,7 @@ def run_selection(cfg: SelectConfig, base: ModelConfig, train_dir: Path, dev: "D
     import json
 
     from .io import atomic_write_json
-    from .manifest import hash_path, prepare_run_folder, stage_key, write_manifest
+    from .run_folder import hash_path, prepare_run_folder, stage_key, write_manifest
     from .models import model_fingerprint, resolve_model_path
 
     inputs = {"base": model_fingerprint(resolve_model_path(base.name)), "tuned": hash_path(train_dir / "model"),

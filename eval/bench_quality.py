@@ -56,7 +56,7 @@ def main() -> None:
     rows: dict[str, dict] = {}
     for folder in datasets(args.datasets):
         t0 = time.perf_counter()
-        cfg = EvalConfig(data=str(folder), split="test", models=[ModelConfig(name=args.model, precision="fp32")],
+        cfg = EvalConfig(benchmark=str(folder), split="test", models=[ModelConfig(name=args.model, precision="fp32")],
                          labels=["all-MiniLM-L6-v2" if args.model == "minilm" else args.model], bm25=True)
         results = evaluate(cfg, show_progress=not args.json)
         rows[folder.name] = {"results": results, "seconds": round(time.perf_counter() - t0, 1)}

@@ -185,7 +185,7 @@ def test_cli_eval_end_to_end(tmp_path, tiny_model_dir, second_model_dir, monkeyp
     data = write_beir(tmp_path / "beir")
     out = tmp_path / "eval"
     args = ["eval", "--model", tiny_model_dir, "--model", second_model_dir, "--label", "base", "--label", "other",
-            "--bm25", "--data", str(data), "--split", "test", "--out", str(out), "--json"]
+            "--bm25", "--benchmark", str(data), "--split", "test", "--out", str(out), "--json"]
     runner = CliRunner()
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -233,16 +233,16 @@ def test_cli_eval_refuses_another_config_in_the_same_folder(tmp_path, tiny_model
     data = write_beir(tmp_path / "beir")
     out = tmp_path / "eval"
     runner = CliRunner()
-    first = runner.invoke(app, ["eval", "--model", tiny_model_dir, "--data", str(data), "--out", str(out), "--json"])
+    first = runner.invoke(app, ["eval", "--model", tiny_model_dir, "--benchmark", str(data), "--out", str(out), "--json"])
     assert first.exit_code == 0, first.output
     assert len(json.loads(first.stdout.strip().splitlines()[-1])["models"]) == 1
-    other = runner.invoke(app, ["eval", "--model", tiny_model_dir, "--bm25", "--data", str(data), "--out", str(out)])
+    other = runner.invoke(app, ["eval", "--model", tiny_model_dir, "--bm25", "--benchmark", str(data), "--out", str(out)])
     assert other.exit_code == 7, other.output
     assert "another config" in other.stderr
 
 
 def test_cli_eval_needs_a_system(tmp_path):
     data = write_beir(tmp_path / "beir")
-    result = CliRunner().invoke(app, ["eval", "--data", str(data), "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(app, ["eval", "--benchmark", str(data), "--out", str(tmp_path / "o")])
     assert result.exit_code == 4
     assert "nothing to evaluate" in result.stderr

@@ -20,7 +20,7 @@ from embedtune.config import ChunkingConfig, CorpusConfig, ModelConfig
 from embedtune.errors import RunDirError
 from embedtune.export import ExportConfig, export_run, read_run_folder
 from embedtune.index import IndexConfig, build_index, open_index, query_index
-from embedtune.manifest import write_manifest
+from embedtune.run_folder import write_manifest
 
 DOCS = {
     "d1": ("Vitamin D", "vitamin d levels reduce cancer risk in patients"),

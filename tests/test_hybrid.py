@@ -136,7 +136,7 @@ def test_eval_hybrid_rows(tmp_path, tiny_model_dir):
     data = write_synthetic_beir(tmp_path / "bench")
     other = str(build_tiny_bert(tmp_path / "other", seed=1))
     result = CliRunner().invoke(app, ["eval", "--model", tiny_model_dir, "--label", "base", "--model", other, "--label", "tuned",
-                                      "--data", str(data), "--split", "test", "--hybrid", "--bm25", "--fusion-dev-split", "train",
+                                      "--benchmark", str(data), "--split", "test", "--hybrid", "--bm25", "--fusion-dev-split", "train",
                                       "--out", str(tmp_path / "ev"), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -151,6 +151,6 @@ def test_eval_hybrid_rows(tmp_path, tiny_model_dir):
     assert summary["best"] in summary["models"]
     assert (tmp_path / "ev" / "fusion.png").is_file()
     # the dev split must not be the evaluated one
-    bad = CliRunner().invoke(app, ["eval", "--model", tiny_model_dir, "--data", str(data), "--split", "test", "--hybrid",
+    bad = CliRunner().invoke(app, ["eval", "--model", tiny_model_dir, "--benchmark", str(data), "--split", "test", "--hybrid",
                                    "--fusion-dev-split", "test", "--out", str(tmp_path / "ev2")])
     assert bad.exit_code == 4 and "fusion_dev_split" in bad.output

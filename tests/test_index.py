@@ -249,8 +249,11 @@ def test_cli_build_search_update(tmp_path, tiny_model_dir):
     queries = tmp_path / "queries.txt"
     queries.write_text("\n".join(QUERIES * 3) + "\n")
     results = tmp_path / "results.jsonl"
+    # the old spelling of --results still works for a release, with a warning on stderr only
     res = runner.invoke(app, ["search", str(out), "--queries", str(queries), "--out", str(results), "-k", "2", "--json"])
     assert res.exit_code == 0, res.output
+    assert "--out is now --results" in res.stderr and "--out" not in res.stdout
+    assert json.loads(res.stdout.strip().splitlines()[-1])["results"] == str(results)
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     assert len(rows) == 15 and all(len(r["hits"]) == 2 for r in rows)
     assert rows[0]["query"] == QUERIES[0] and rows[0]["hits"] == rows[5]["hits"]

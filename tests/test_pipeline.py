@@ -106,7 +106,13 @@ def test_full_pipeline_then_skip_then_from(tmp_path, tiny_model_dir, monkeypatch
         assert manifest["status"] == "complete", stage
     assert (run_dir / "export" / "model" / "README.md").is_file()
     report = (run_dir / "report.md").read_text()
-    assert "## Base vs tuned" in report and "## Mining" in report and "## Wall time per stage" in report
+    assert "## Base vs tuned" in report and "## Mining" in report and "## Wall time and peak memory per stage" in report
+    # each stage's peak resident memory: in its manifest, the state and the summary; the peak is
+    # the stage's own (reset per stage), so the stages do not all report the process' largest
+    peaks = summary["stage_peak_rss_mb"]
+    assert set(peaks) == {"mine", "train", "select", "index", "eval", "export"} and all(50 < v < 8000 for v in peaks.values())
+    assert len(set(peaks.values())) > 1
+    assert all(json.loads((run_dir / s / "manifest.json").read_text())["peak_rss_mb"] > 50 for s in peaks)
     html = (run_dir / "report.html").read_text()
     assert "data:image/png;base64," in html and 'src="eval/' not in html
     check_hybrid(run_dir, summary)
@@ -143,6 +149,20 @@ def test_bad_pipeline_config_fails_before_work(tmp_path, tiny_model_dir):
     assert result.exit_code == 4
     assert "field 'epoch': unknown key" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_qrels_row_stops_the_run_before_the_first_stage(tmp_path, tiny_model_dir):
+    """Every input is read before mining: a test-split qrels row naming an unknown document used
+    to stop the run at the eval stage, after mining and training."""
+    config = pipeline_yaml(tmp_path, tiny_model_dir, tmp_path / "run")
+    qrels = tmp_path / "bench" / "qrels" / "test.tsv"
+    lines = qrels.read_text().splitlines()
+    qrels.write_text("\n".join(lines + [lines[1].split("\t")[0] + "\tno-such-doc\t1"]) + "\n")
+    result = runner.invoke(app, ["run", str(config)])
+    assert result.exit_code == 3, result.output
+    assert f"{qrels}:{len(lines) + 1}" in result.stderr and "no-such-doc" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "mine").exists()
 
 
 def test_null_in_a_stage_section_is_a_setting_not_an_absent_key(tmp_path, tiny_model_dir):

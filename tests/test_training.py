@@ -21,7 +21,7 @@ from tiny_models import VOCAB_WORDS, build_tiny_bert
 
 from embedtune.cli import app
 from embedtune.errors import ConfigError, InputError
-from embedtune.manifest import write_manifest
+from embedtune.run_folder import write_manifest
 from embedtune.mined import load_mined
 from embedtune.training import TrainConfig, train_model
 from embedtune.training.dev import make_dev_split
@@ -256,8 +256,8 @@ def test_a_benchmark_dev_split_is_used_but_never_the_test_split(tmp_path):
 def test_train_command_writes_model_manifest_and_curve(tmp_path, trainable_model_dir):
     data = make_mined(tmp_path / "m")
     out = tmp_path / "run"
-    args = ["train", "--model", trainable_model_dir, "--data", str(data), "--out", str(out), "--epochs", "2",
-            "--batch-size", "8", "--lr", "1e-3", "--negatives", "2", "--json"]
+    args = ["train", "--model", trainable_model_dir, "--mined", str(data), "--out", str(out), "--epochs", "2",
+            "--train-batch-size", "8", "--learning-rate", "1e-3", "--num-negatives", "2", "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -350,7 +350,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(tmp_path, trainable_
     assert json.loads((tmp_path / "killed" / "manifest.json").read_text())["status"] == "running"
 
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    result = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "train.yaml"), "--data", str(data), "--out", str(tmp_path / "killed")])
+    result = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "train.yaml"), "--mined", str(data), "--out", str(tmp_path / "killed")])
     assert result.exit_code == 7 and "--resume" in result.output  # never silently restarts over a checkpoint
     # a kill while the next checkpoint was being saved leaves a folder without its trainer state
     ckpts = tmp_path / "killed" / "checkpoints"
@@ -394,7 +394,7 @@ def test_a_crash_after_the_last_step_resumes_without_training_again(tmp_path, tr
 
 def test_two_rounds_remine_with_the_tuned_model(tmp_path, trainable_model_dir):
     from embedtune.config import build_config
-    from embedtune.manifest import read_manifest
+    from embedtune.run_folder import read_manifest
     from embedtune.mining import MineConfig, mine_hard_negatives
     from embedtune.pipeline import remining
 

@@ -1,4 +1,5 @@
-"""The typer app and what every command shares: error handling, logging, JSON output.
+"""The typer app and what every command shares: error handling, logging, JSON output (the
+shared options themselves are in :mod:`.options`).
 
 Command modules (``data_cmd``, ``eval_cmd``...) register themselves on :data:`app`. They only
 compose stage functions; no stage module imports the CLI.
@@ -14,10 +15,10 @@ import sys
 from typing import Any, Callable
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
 
 from ..errors import EmbedtuneError
+from ..progress import console, quiet_library_bars
 
 
 def _flags_show_no_type() -> None:
@@ -43,15 +44,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-# Human-readable output goes to stderr so that with --json the last stdout line is the JSON object.
-console = Console(stderr=True)
-
-MODEL_HELP = "Model: a local sentence-transformers folder, a Hugging Face id, or 'minilm' (packaged all-MiniLM-L6-v2)."
 
 
-def setup_logging(verbose: bool = False) -> None:
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """embedtune's log lines go through rich on stderr (the progress display's console); the
+    libraries' own bars and chatter are kept off."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    level = logging.DEBUG if verbose else logging.INFO
+    quiet_library_bars()
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logger = logging.getLogger("embedtune")
     if not logger.handlers:
         logger.addHandler(RichHandler(console=console, show_path=False, show_time=False, markup=False))
@@ -85,7 +85,7 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        setup_logging(kwargs.get("verbose", False) or False)
+        setup_logging(bool(kwargs.get("verbose")), bool(kwargs.get("quiet")))
         try:
             return fn(*args, **kwargs)
         except EmbedtuneError as err:
@@ -96,3 +96,22 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def without_none(d: dict) -> dict:
+    """Flags the user did not pass (None), also inside nested sections, are left to the YAML/defaults."""
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            value = without_none(value)
+            if value:
+                out[key] = value
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def use_cache_dir(folder) -> None:  # noqa: ANN001
+    """``--cache-dir`` for commands whose stages take the default cache: the default is
+    ``$EMBEDTUNE_CACHE``, so the option sets it for this process."""
+    os.environ["EMBEDTUNE_CACHE"] = str(folder)

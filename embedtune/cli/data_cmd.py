@@ -8,28 +8,31 @@ import typer
 from rich.table import Table
 
 from ..corpus import beir_splits
-from .app import MODEL_HELP, app, command, console, emit_json
+from . import options as opt
+from .app import app, command, console, emit_json
+from .options import MODEL_HELP
 
 data_app = typer.Typer(help="Look at datasets before training on them.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
-@data_app.command("inspect")
+@data_app.command("inspect", cls=opt.renamed(max_length="--max-seq-length"))
 @command
 def inspect_command(
     path: Path = typer.Argument(..., help="BEIR folder, corpus (.jsonl/.csv/.parquet/folder of .txt/.md) or pairs .jsonl."),
     model: str = typer.Option("minilm", "--model", "-m", help=MODEL_HELP + " Its tokenizer measures lengths."),
-    max_length: int = typer.Option(None, "--max-length", help="Token limit to check truncation against (default: the model's)."),
+    max_seq_length: int = typer.Option(None, "--max-seq-length", help="The token limit truncation is checked against (default: the model's)."),
     strict: bool = typer.Option(False, "--strict", help="Refuse documents with neither title nor text (default: report them)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    as_json: opt.Json = False,
+    quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
 ) -> None:
     """Counts, token-length statistics, empty and duplicate documents, and what the model would truncate."""
     from ..inspection import inspect_path
     from ..models import load_tokenizer
 
     tokenizer, model_max = load_tokenizer(model)
-    summary = inspect_path(path, tokenizer, max_length or model_max, strict=strict)
+    summary = inspect_path(path, tokenizer, max_seq_length or model_max, strict=strict)
     _print_summary(summary)
     if as_json:
         emit_json(summary)
@@ -69,15 +72,16 @@ def download_command(
     dest: Path = typer.Option(Path("data"), "--dest", help="Folder that receives <dest>/<name>/."),
     url: str = typer.Option(None, "--url", help="Zip URL (default: the public BEIR mirror)."),
     sha256: str = typer.Option(None, "--sha256", help="Expected sha256 of the zip; checked when given."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    as_json: opt.Json = False,
+    quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
 ) -> None:
     """Download a public BEIR dataset (needs internet), verify it, and unpack it in BEIR layout."""
     from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
     from ..download import download_beir
 
-    with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), console=console) as bar:
+    with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), console=console, disable=quiet or as_json) as bar:
         task = bar.add_task(f"downloading {name}", total=None)
         folder = download_beir(name, dest, url=url, sha256=sha256, progress=lambda done, total: bar.update(task, completed=done, total=total or None))
     splits = beir_splits(folder)

@@ -9,36 +9,39 @@ from typing import List
 import typer
 from rich.table import Table
 
-from .app import MODEL_HELP, app, command, console, emit_json
+from . import options as opt
+from .app import app, command, console, emit_json
 
 
-@app.command("eval")
+@app.command("eval", cls=opt.renamed(data="--benchmark", short_d="--benchmark", top_k="--depth"))
 @command
 def eval_command(
-    models: List[str] = typer.Option([], "--model", "-m", help=MODEL_HELP + " Repeat to compare; the first is the baseline."),
+    models: List[str] = typer.Option([], "--model", "-m", help=opt.MODEL_HELP + " Repeat to compare; the first is the baseline."),
     labels: List[str] = typer.Option([], "--label", help="Display name of each --model, in order."),
-    data: str = typer.Option(None, "--data", "-d", help="BEIR folder or name (looked up in ./data and ../shared/datasets)."),
+    benchmark: str = typer.Option(None, "--benchmark", "-b", help="BEIR folder or name (looked up in ./data and ../shared/datasets)."),
     split: str = typer.Option(None, "--split", help="Qrels split to evaluate (default: test)."),
     bm25: bool = typer.Option(None, "--bm25/--no-bm25", help="Also evaluate BM25 (bm25s)."),
     hybrid: bool = typer.Option(None, "--hybrid/--no-hybrid", help="Add hybrid(<model>) rows: BM25 fused with each model, weight chosen on --fusion-dev-split."),
     fusion_method: str = typer.Option(None, "--fusion-method", help="zscore | minmax | rrf (default: zscore)."),
     bm25_weight: float = typer.Option(None, "--bm25-weight", help="Fixed BM25 weight in [0, 1] for hybrid rows (skips choosing it on dev)."),
     fusion_dev_split: str = typer.Option(None, "--fusion-dev-split", help="Qrels split the fusion weight is chosen on (default: 'dev' when there is one; never the evaluated split)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Run folder for metrics.json, report.md and plots (default: runs/eval-<time>)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Folder for metrics.json, report.md and plots (default: runs/eval-<time>)."),
     config: Path = typer.Option(None, "--config", help="YAML with EvalConfig keys; flags override it."),
-    query_prompt: str = typer.Option(None, "--query-prompt", help="Prefix for queries (all models), e.g. 'query: '."),
-    document_prompt: str = typer.Option(None, "--document-prompt", help="Prefix for documents (all models), e.g. 'passage: '."),
-    max_seq_length: int = typer.Option(None, "--max-seq-length", help="Token limit of the models."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Encoding batch size."),
-    precision: str = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16 (CUDA) | int8 (CPU, onnxruntime; pip install 'embedtune[onnx]')."),
-    device: str = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
+    query_prompt: opt.QueryPrompt = None,
+    document_prompt: opt.DocumentPrompt = None,
+    max_seq_length: opt.MaxSeqLength = None,
+    batch_size: opt.BatchSize = None,
+    precision: opt.Precision = None,
+    device: opt.Device = None,
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow models that ship their own code."),
-    top_k: int = typer.Option(None, "--top-k", help="Results per query (default: 1000)."),
-    skip_unknown_ids: bool = typer.Option(None, "--skip-unknown-ids", help="Drop qrels rows with unknown ids (counted in the report)."),
-    cache_dir: Path = typer.Option(None, "--cache-dir", help="Embedding cache (default: ~/.cache/embedtune/embeddings or $EMBEDTUNE_CACHE)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace results of another config in --out."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (all metrics, deltas, p-values) as the last stdout line."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    depth: int = typer.Option(None, "--depth", help="How deep each query's ranking is computed (default 1000; recall@1000 needs it)."),
+    skip_unknown_ids: opt.SkipUnknownIds = None,
+    seed: opt.Seed = None,
+    cache_dir: opt.CacheDir = None,
+    overwrite: opt.Overwrite = False,
+    as_json: opt.Json = False,
+    quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
 ) -> None:
     """Evaluate models (and BM25, and their --hybrid fusions) on a BEIR benchmark; deltas and paired significance tests."""
     from ..config import deep_merge, load_config, read_yaml
@@ -53,14 +56,14 @@ def eval_command(
         base["models"] = [deep_merge({"name": m}, model_over) for m in models]
     else:
         base["models"] = [deep_merge(m, model_over) for m in base.get("models", [])]
-    overrides = {"data": data, "split": split, "bm25": bm25, "top_k": top_k, "skip_unknown_ids": skip_unknown_ids,
+    overrides = {"benchmark": benchmark, "split": split, "bm25": bm25, "depth": depth, "skip_unknown_ids": skip_unknown_ids, "seed": seed,
                  "cache_dir": str(cache_dir) if cache_dir else None, "labels": labels or None,
                  "hybrid": hybrid, "fusion_dev_split": fusion_dev_split,
                  "fusion": {k: v for k, v in {"method": fusion_method, "bm25_weight": bm25_weight}.items() if v is not None}}
     cfg = load_config(EvalConfig, None, deep_merge(base, overrides))
     out = out or Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S")
     t0 = time.perf_counter()
-    result = run_evaluation(cfg, out, overwrite=overwrite, show_progress=not as_json)
+    result = run_evaluation(cfg, out, overwrite=overwrite, show_progress=not (as_json or quiet))
     print_table(result["summary"])
     note = " (unchanged results, reused)" if result["skipped"] else ""
     console.print(f"report: {out}/report.md{note}  [{time.perf_counter() - t0:.1f} s]")

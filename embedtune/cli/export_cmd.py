@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from . import options as opt
 from .app import app, command, console, emit_json
 
 
@@ -19,9 +20,10 @@ def export_command(
     int8: bool = typer.Option(False, "--int8", help="Also write model-int8/: the transformer as an int8 ONNX graph for CPU serving, checked against torch.", show_default=False),
     benchmark: str = typer.Option(None, "--benchmark", "-b", help="BEIR folder[:split] to measure the int8 model's nDCG@10 against torch on (a sample of its queries)."),
     vector_db: str = typer.Option(None, "--vector-db", help="Also write the index's passages with their vectors into an embedded vector database: qdrant (OUT/qdrant/)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing export folder.", show_default=False),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    overwrite: opt.Overwrite = False,
+    as_json: opt.Json = False,
+    quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
 ) -> None:
     """Ship a tuned model: safetensors folder + model card, index, ONNX (optional), usage snippets."""
     from ..config import build_config

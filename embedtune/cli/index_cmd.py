@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .app import MODEL_HELP, app, command, console, emit_json
+from . import options as opt
+from .app import app, command, console, emit_json, without_none
 
 index_app = typer.Typer(help="Build or update a search index over a corpus.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
@@ -19,26 +20,28 @@ BACKEND_HELP = "Vector search backend: auto | exact-numba | faiss-flat | faiss-i
 @index_app.command("build")
 @command
 def build_command(
-    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Default: minilm."),
-    corpus: str = typer.Option(None, "--corpus", "-c", help="Documents: BEIR folder, .jsonl/.csv/.parquet, or a folder of .txt/.md."),
+    model: opt.Model = None,
+    corpus: opt.Corpus = None,
     out: Path = typer.Option(..., "--out", "-o", help="Index folder to write (replaced atomically)."),
     backend: str = typer.Option(None, "--backend", help=BACKEND_HELP + " Default: auto."),
-    config: Path = typer.Option(None, "--config", help="YAML config (IndexConfig: model, corpus, backend, cache_dir); flags override it."),
+    config: opt.Config = None,
     id_field: str = typer.Option(None, "--id-field", help="Corpus field holding the document id (default _id)."),
     title_field: str = typer.Option(None, "--title-field", help="Corpus field holding the title (default title)."),
     text_field: str = typer.Option(None, "--text-field", help="Corpus field holding the text (default text)."),
-    max_tokens: int = typer.Option(None, "--max-tokens", help="Passage length in model tokens (default: the model's max length)."),
+    max_tokens: int = typer.Option(None, "--max-tokens", help="Passage length in tokens when splitting documents (chunking.max_tokens; default: the model's --max-seq-length)."),
     overlap: int = typer.Option(None, "--overlap", help="Tokens shared by consecutive passages of a long document (default 32)."),
-    document_prompt: str = typer.Option(None, "--document-prompt", help="Prefix for passages, e.g. 'passage: '."),
-    query_prompt: str = typer.Option(None, "--query-prompt", help="Prefix for queries (recorded for 'embedtune search')."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Encoding batch size (default 64)."),
-    precision: str = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16 (CUDA) | int8 (CPU, onnxruntime; pip install 'embedtune[onnx]')."),
-    device: str = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
-    cache_dir: str = typer.Option(None, "--cache-dir", help="Embedding cache folder (shared with mine and eval)."),
+    max_seq_length: opt.MaxSeqLength = None,
+    document_prompt: opt.DocumentPrompt = None,
+    query_prompt: opt.QueryPrompt = None,
+    batch_size: opt.BatchSize = None,
+    precision: opt.Precision = None,
+    device: opt.Device = None,
+    cache_dir: opt.CacheDir = None,
     hybrid: bool = typer.Option(None, "--hybrid/--no-hybrid", help="Also write a BM25 index of the same passages (for 'search --hybrid')."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an index of another config, model or corpus."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    overwrite: opt.Overwrite = False,
+    as_json: opt.Json = False,
+    quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
 ) -> None:
     """Split a corpus into passages, encode them and write a search index."""
     from ..config import load_config
@@ -47,17 +50,17 @@ def build_command(
 
     overrides = {
         "model": {"name": model, "document_prompt": document_prompt, "query_prompt": query_prompt, "batch_size": batch_size,
-                  "precision": precision, "device": device},
+                  "precision": precision, "device": device, "max_seq_length": max_seq_length},
         "corpus": {"path": corpus, "id_field": id_field, "title_field": title_field, "text_field": text_field,
                    "chunking": {"max_tokens": max_tokens, "overlap": overlap}},
         "backend": backend,
-        "cache_dir": cache_dir,
+        "cache_dir": str(cache_dir) if cache_dir else None,
         "hybrid": hybrid,
     }
-    cfg = load_config(IndexConfig, config, _without_none(overrides)) if (corpus or config) else None
+    cfg = load_config(IndexConfig, config, without_none(overrides)) if (corpus or config) else None
     if cfg is None:
         raise ConfigError("no corpus: pass --corpus or a --config with corpus.path", field="corpus.path")
-    summary = build_index(cfg, out, overwrite=overwrite, show_progress=not as_json or verbose)
+    summary = build_index(cfg, out, overwrite=overwrite, show_progress=not (as_json or quiet))
     if summary["skipped"]:
         console.print(f"[green]already complete[/] -- {out} holds this index (same config, corpus and model); pass --overwrite to rebuild it")
     _print_summary(summary, f"index -> {out}")
@@ -70,13 +73,14 @@ def build_command(
 def update_command(
     index_dir: Path = typer.Argument(..., help="Index folder made by 'embedtune index build'."),
     corpus: str = typer.Option(..., "--corpus", "-c", help="The new version of the corpus (same format and fields as the build)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    as_json: opt.Json = False,
+    quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
 ) -> None:
     """Re-encode only new or changed passages, drop removed ones; the result equals a fresh build."""
     from ..index import update_index
 
-    summary = update_index(index_dir, corpus, show_progress=not as_json or verbose)
+    summary = update_index(index_dir, corpus, show_progress=not (as_json or quiet))
     _print_summary(summary, f"index updated -> {index_dir}")
     if as_json:
         emit_json(summary)
@@ -89,9 +93,9 @@ def fusion_command(
     method: str = typer.Option(None, "--fusion-method", help="zscore | minmax | rrf."),
     bm25_weight: float = typer.Option(None, "--bm25-weight", help="Weight of BM25 in [0, 1]; the dense model gets 1 - weight."),
     rrf_k: int = typer.Option(None, "--rrf-k", help="Reciprocal-rank-fusion constant (> 0)."),
-    depth: int = typer.Option(None, "--depth", help="Candidates taken from each retriever."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    depth: int = typer.Option(None, "--depth", help="How deep each retriever's ranking is taken before fusing."),
+    as_json: opt.Json = False,
+    verbose: opt.Verbose = False,
 ) -> None:
     """Show or set how a hybrid index fuses its BM25 and dense rankings (fusion.json)."""
     from ..config import build_config
@@ -100,7 +104,7 @@ def fusion_command(
     index = open_index(index_dir, load_query_model=False)
     if index.lexical is None:
         raise missing_bm25_error(index_dir)
-    changes = _without_none({"method": method, "bm25_weight": bm25_weight, "rrf_k": rrf_k, "depth": depth})
+    changes = without_none({"method": method, "bm25_weight": bm25_weight, "rrf_k": rrf_k, "depth": depth})
     fusion = read_fusion(index_dir)
     if changes:
         fusion = build_config(type(fusion), {**fusion.model_dump(), **changes}, source="command-line options")
@@ -109,11 +113,6 @@ def fusion_command(
                   + (f", rrf k {fusion.rrf_k}" if fusion.method == "rrf" else ""))
     if as_json:
         emit_json({"index": str(index_dir), "fusion": fusion.model_dump(mode="json"), "changed": bool(changes)})
-
-
-def _without_none(d: dict) -> dict:
-    """Flags the user did not pass, at any depth (deep_merge drops only top-level ones)."""
-    return {k: _without_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
 
 
 def _print_summary(s: dict, title: str) -> None:
@@ -137,20 +136,21 @@ def _print_summary(s: dict, title: str) -> None:
     console.print(table)
 
 
-@app.command("search")
+@app.command("search", cls=opt.renamed(out="--results", short_o="--results"))
 @command
 def search_command(
     index_dir: Path = typer.Argument(..., help="Index folder made by 'embedtune index build'."),
     query: str = typer.Argument(None, help="The question (or use --queries for many)."),
     k: int = typer.Option(5, "-k", "--top-k", min=1, help="Passages per query."),
-    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Default: the index's model (must match it)."),
+    model: str = typer.Option(None, "--model", "-m", help=opt.MODEL_HELP + " Default: the index's model (must match it)."),
     queries: Path = typer.Option(None, "--queries", "-q", help="Many queries: a text file (one per line) or queries.jsonl (_id, text)."),
-    out: Path = typer.Option(None, "--out", "-o", help="With --queries: write results as JSONL here."),
+    results: Path = typer.Option(None, "--results", help="With --queries: the JSONL file the results are written to."),
     hybrid: bool = typer.Option(False, "--hybrid", help="Fuse BM25 and the dense ranking (needs an index built with --hybrid)."),
     fusion_method: str = typer.Option(None, "--fusion-method", help="zscore | minmax | rrf (default: the index's fusion.json)."),
     bm25_weight: float = typer.Option(None, "--bm25-weight", help="BM25 weight in [0, 1] for this call (default: the index's)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    as_json: opt.Json = False,
+    quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
 ) -> None:
     """Ranked passages for a question (or a file of questions) from an index."""
     from ..errors import ConfigError
@@ -158,8 +158,8 @@ def search_command(
 
     if (query is None) == (queries is None):
         raise ConfigError("pass either a question or --queries FILE", field="query")
-    if queries is not None and out is None:
-        raise ConfigError("--queries needs --out FILE for the JSONL results", field="out")
+    if queries is not None and results is None:
+        raise ConfigError("--queries needs --results FILE for the JSONL results", field="results")
     t0 = time.perf_counter()
     index = open_index(index_dir, model)
     t_open = time.perf_counter() - t0
@@ -170,7 +170,7 @@ def search_command(
 
         hybrid = True
         base = (index.fusion or FusionConfig()).model_dump()
-        fusion = build_config(FusionConfig, {**base, **_without_none({"method": fusion_method, "bm25_weight": bm25_weight})},
+        fusion = build_config(FusionConfig, {**base, **without_none({"method": fusion_method, "bm25_weight": bm25_weight})},
                               source="command-line options")
     if query is not None:
         t1 = time.perf_counter()
@@ -190,11 +190,11 @@ def search_command(
             emit_json({"query": query, "k": k, "results": [h.as_dict() for h in hits],
                        "timings": {"open_s": t_open, "query_ms": latency * 1000, "encode_ms": t["encode_s"] * 1000, "search_ms": t["search_s"] * 1000}})
         return
-    summary = _search_many(index, queries, out, k, show_progress=not as_json or verbose, hybrid=hybrid, fusion=fusion)
+    summary = _search_many(index, queries, results, k, show_progress=not (as_json or quiet), hybrid=hybrid, fusion=fusion)
     summary["timings"]["open_s"] = t_open
     t = summary["timings"]
     console.print(
-        f"{summary['queries']:,} queries -> {out}: encode {t['encode_s']:.1f} s, search {t['search_s']:.2f} s, "
+        f"{summary['queries']:,} queries -> {results}: encode {t['encode_s']:.1f} s, search {t['search_s']:.2f} s, "
         f"{summary['queries_per_s']:.0f} queries/s overall"
     )
     if as_json:
@@ -228,6 +228,6 @@ def _search_many(index, path: Path, out: Path, k: int, *, show_progress: bool, h
     ))
     t2 = time.perf_counter()
     return {
-        "queries": len(rows), "k": k, "out": str(out), "queries_per_s": len(rows) / max(t2 - t0, 1e-9),
+        "queries": len(rows), "k": k, "results": str(out), "queries_per_s": len(rows) / max(t2 - t0, 1e-9),
         "timings": {"encode_and_search_s": t1 - t0, "write_s": t2 - t1, **index.last_timings},
     }

@@ -7,7 +7,9 @@ from typing import List
 
 import typer
 
-from .app import MODEL_HELP, app, command, console, emit_json
+from . import options as opt
+from .app import app, command, console, emit_json
+from .options import MODEL_HELP
 
 
 @app.command("merge")
@@ -17,8 +19,9 @@ def merge_command(
     models: List[str] = typer.Option(..., "--model", "-m", help="A tuned model folder; repeat to average several (same base)."),
     alpha: float = typer.Option(..., "--alpha", help="0 = the base, 1 = the (mean) tuned model, between = interpolation."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the merged sentence-transformers model (safetensors)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    as_json: opt.Json = False,
+    quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
 ) -> None:
     """Merge tuned weights with their base: theta = (1 - alpha) * base + alpha * mean(tuned)."""
     from ..config import ModelConfig

@@ -7,18 +7,19 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .app import MODEL_HELP, app, command, console, emit_json
+from . import options as opt
+from .app import app, command, console, emit_json
 
 
 @app.command("mine")
 @command
 def mine_command(
     pairs: str = typer.Option(None, "--pairs", "-p", help="Pairs source: 'dataset:split' (BEIR qrels, e.g. scifact:train or path/to/beir:train,dev), a pairs .jsonl (query, positive, optional negatives), or 'self' (derive pairs from the corpus)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder for dataset/, pairs.jsonl, manifest.json, report.md."),
-    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Default: minilm."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the mined rows (dataset/, pairs.jsonl), manifest.json, report.md."),
+    model: opt.Model = None,
     corpus: str = typer.Option(None, "--corpus", "-c", help="Candidate documents (BEIR folder, .jsonl/.csv/.parquet, folder of .txt/.md). Default: the BEIR folder of --pairs."),
-    config: Path = typer.Option(None, "--config", help="YAML config (see configs/mine.yaml); flags override it."),
-    num_negatives: int = typer.Option(None, "--num-negatives", "-n", help="Negatives per pair (default 8)."),
+    config: opt.Config = None,
+    num_negatives: opt.NumNegatives = None,
     range_min: int = typer.Option(None, "--range-min", help="Skip this many best-ranked non-positive candidates (default 0)."),
     range_max: int = typer.Option(None, "--range-max", help="Consider non-positive candidates up to this rank (default 50)."),
     sampling: str = typer.Option(None, "--sampling", help="top | random (default top)."),
@@ -28,13 +29,19 @@ def mine_command(
     margin_against: str = typer.Option(None, "--margin-against", help="weakest | strongest: the query's positive the margins compare with (default weakest; strongest for densely judged data such as NFCorpus)."),
     retriever: str = typer.Option(None, "--retriever", help="dense | bm25 | hybrid (dense + BM25, reciprocal-rank fusion)."),
     cross_encoder: str = typer.Option(None, "--cross-encoder", help="Local CrossEncoder folder: re-scores candidates, drops likely false negatives, stores teacher scores."),
-    seed: int = typer.Option(None, "--seed"),
-    skip_unknown_ids: bool = typer.Option(None, "--skip-unknown-ids", help="BEIR: drop qrels rows whose ids are not in the corpus/queries instead of failing."),
-    precision: str = typer.Option(None, "--precision", help="Encoding: auto | fp32 | bf16 | fp16 (CUDA) | int8 (CPU, onnxruntime; pip install 'embedtune[onnx]')."),
-    cache_dir: str = typer.Option(None, "--cache-dir", help="Embedding cache folder (shared with eval and index)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run folder that holds another config's results."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    query_prompt: opt.QueryPrompt = None,
+    document_prompt: opt.DocumentPrompt = None,
+    max_seq_length: opt.MaxSeqLength = None,
+    batch_size: opt.BatchSize = None,
+    precision: opt.Precision = None,
+    device: opt.Device = None,
+    seed: opt.Seed = None,
+    skip_unknown_ids: opt.SkipUnknownIds = None,
+    cache_dir: opt.CacheDir = None,
+    overwrite: opt.Overwrite = False,
+    as_json: opt.Json = False,
+    quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
 ) -> None:
     """Mine hard negatives with positive-aware filtering (NV-Retriever) and write a dataset the trainer reads."""
     from ..config import load_config
@@ -43,7 +50,8 @@ def mine_command(
     overrides = {
         "pairs": pairs,
         "corpus": corpus,
-        "model": {k: v for k, v in {"name": model, "precision": precision}.items() if v} or None,
+        "model": {k: v for k, v in {"name": model, "precision": precision, "query_prompt": query_prompt, "document_prompt": document_prompt,
+                                    "max_seq_length": max_seq_length, "batch_size": batch_size, "device": device}.items() if v is not None} or None,
         "num_negatives": num_negatives,
         "range_min": range_min,
         "range_max": range_max,
@@ -56,10 +64,10 @@ def mine_command(
         "cross_encoder": {"path": cross_encoder} if cross_encoder else None,
         "seed": seed,
         "skip_unknown_ids": skip_unknown_ids,
-        "cache_dir": cache_dir,
+        "cache_dir": str(cache_dir) if cache_dir else None,
     }
     cfg = load_config(MineConfig, config, overrides)
-    summary = mine_hard_negatives(cfg, out, overwrite=overwrite)
+    summary = mine_hard_negatives(cfg, out, overwrite=overwrite, show_progress=not (as_json or quiet))
     if summary.get("skipped"):
         console.print(f"[green]already complete[/] -- {out} holds this run (same config and inputs); pass --overwrite to redo it")
     else:

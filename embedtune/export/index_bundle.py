@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import IndexMismatchError, RunDirError
 from ..io import atomic_write_json, sha256_file
-from ..manifest import MANIFEST
+from ..run_folder import MANIFEST
 from .model_folder import CopyLog, copy_file
 from .run_parts import RunParts, inside, read_json, safe_relative
 

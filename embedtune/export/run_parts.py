@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RunDirError
-from ..manifest import MANIFEST
+from ..run_folder import MANIFEST
 from ..models import ALIASES, resolve_model_path
 from .config import SAMPLE_TEXTS
 

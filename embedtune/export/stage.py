@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import RunDirError
 from ..io import TMP_PREFIX, atomic_write_json, atomic_write_text, sha256_file
-from ..manifest import MANIFEST, read_manifest, stage_key, write_manifest
+from ..run_folder import MANIFEST, read_manifest, stage_key, write_manifest
 from ..models import check_model_folder, model_fingerprint, read_query_side
 from .config import STAGE, ExportConfig
 from .fast_models import export_int8, export_onnx

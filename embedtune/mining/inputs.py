@@ -89,7 +89,7 @@ def resolved_pairs_source(inputs: MiningInputs, source: str) -> str:
 
 
 def hash_inputs(inputs: MiningInputs, cfg: MineConfig) -> dict[str, str]:
-    from ..manifest import hash_path
+    from ..run_folder import hash_path
     from ..models import model_fingerprint, resolve_model_path
 
     hashes = {"corpus": hash_path(inputs.corpus_path)}

@@ -11,10 +11,17 @@ from typing import Any
 
 import numpy as np
 
+from .. import progress
 from ..pairs import PairSet
 from .candidates import CandidatePool, dense_topk, rrf_fuse
 from .config import MineConfig
-from .filters import exclusion_codes, filter_candidates, isin_sorted, reference_positive, sample_negatives
+from .filters import (
+    exclusion_codes,
+    filter_candidates,
+    isin_sorted,
+    reference_positive,
+    sample_negatives,
+)
 from .teachers import Teacher
 
 log = logging.getLogger("embedtune")
@@ -48,8 +55,6 @@ def mine_negatives(
     positive is not a pool document (in pair order); ``given_negative_emb`` maps a given negative's
     text to its embedding; ``teacher`` (a cross-encoder or the hybrid) re-scores the candidates.
     """
-    from tqdm.auto import tqdm
-
     timings: dict[str, float] = defaultdict(float)
     pairs = pair_set.pairs
     n_pool = len(pool.ids)
@@ -93,7 +98,7 @@ def mine_negatives(
 
     searchers: dict = {}
     chunks = range(0, len(query_ids), cfg.query_chunk_size)
-    for start in tqdm(chunks, desc="Mining", unit="chunk", disable=not show_progress or len(chunks) < 2):
+    for start in progress.track(chunks, f"Mining {len(query_ids):,} queries (chunks)", enabled=show_progress and len(chunks) > 1):
         stop = min(start + cfg.query_chunk_size, len(query_ids))
         q = np.ascontiguousarray(query_emb[start:stop], dtype=np.float32)
         depth = int(min(n_pool, cfg.range_max + excluded_per_query[start:stop].max()))

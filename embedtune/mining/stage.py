@@ -34,7 +34,7 @@ def mine_hard_negatives(
     """
     from ..encoding import encode_corpus, encode_texts
     from ..io import remove_stale_temp_files
-    from ..manifest import prepare_run_folder, read_manifest, stage_key, write_manifest
+    from ..run_folder import prepare_run_folder, read_manifest, stage_key, write_manifest
     from ..mined import write_mined
     from .report import write_report
     from ..models import load_model, model_info

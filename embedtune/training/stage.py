@@ -13,7 +13,7 @@ from typing import Any, Callable
 from ..corpus import parse_benchmark_source
 from ..errors import ConfigError, RunDirError
 from ..io import TMP_PREFIX, atomic_write_json
-from ..manifest import hash_path, prepare_run_folder, read_manifest, stage_key, write_manifest
+from ..run_folder import hash_path, prepare_run_folder, read_manifest, stage_key, write_manifest
 from ..mined import load_mined
 from .checkpoints import drop_checkpoints
 from .config import TrainConfig, resolve_precision

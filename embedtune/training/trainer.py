@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import progress as progress_display
 from ..config import ModelConfig
 from ..errors import ConfigError, RunDirError
 from ..io import save_model_atomically
@@ -46,7 +47,7 @@ def _prompts(columns: list[str], model_cfg: ModelConfig) -> dict[str, str] | Non
 
 
 
-def _training_args(cfg: TrainConfig, ckpt_dir: Path, *, num_rows: int, dev: bool, progress: bool, prompts: dict[str, str] | None):
+def _training_args(cfg: TrainConfig, ckpt_dir: Path, *, num_rows: int, dev: bool, prompts: dict[str, str] | None):
     import torch
     from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.sentence_transformer import SentenceTransformerTrainingArguments
@@ -95,7 +96,7 @@ def _training_args(cfg: TrainConfig, ckpt_dir: Path, *, num_rows: int, dev: bool
         use_cpu=not cuda,  # also what makes accelerate run multi-process CPU training (gloo) as DDP
         ddp_backend=("nccl" if cuda else "gloo") if world > 1 else None,
         dataloader_drop_last=world > 1,
-        disable_tqdm=not progress,
+        disable_tqdm=True,  # embedtune draws the bar (_log_in_one_voice)
     )
 
 
@@ -113,23 +114,40 @@ class RoundResult:
 
 
 
-def _log_in_one_voice(trainer, progress: bool) -> None:
-    """transformers' own loss reporting -- a tqdm bar with raw ``{'loss': ...}`` dicts written under
-    it, or ``print(dict)`` to stdout when the bar is off -- replaced by one embedtune log line per
-    logging step (when ``progress``), through the same rich handler as every other stage."""
+def _log_in_one_voice(trainer, show_progress: bool) -> None:
+    """transformers' own progress -- a tqdm bar with raw ``{'loss': ...}`` dicts written under it,
+    or ``print(dict)`` to stdout when the bar is off -- replaced by embedtune's display: one bar
+    with step, loss, learning rate and ETA, and one log line per logging step (when ``show_progress``)."""
+    import contextlib
+
     from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
 
-    class LossLines(TrainerCallback):
+    class OneVoice(TrainerCallback):
+        def __init__(self) -> None:
+            self.stack = contextlib.ExitStack()
+            self.bar = progress_display.Step(None, None)
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.bar = self.stack.enter_context(progress_display.step("Training (steps)", state.max_steps))
+                self.bar.update(completed=state.global_step)  # a resumed run starts where it stopped
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.bar.update(completed=state.global_step)
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and logs and "loss" in logs:
+                self.bar.note(f"loss {float(logs['loss']):.4f}, lr {float(logs.get('learning_rate', 0.0)):.2g}")
                 log.info("step %d/%d: loss %.4f, learning rate %.3g", state.global_step, state.max_steps,
                          float(logs["loss"]), float(logs.get("learning_rate", 0.0)))
 
+        def on_train_end(self, args, state, control, **kwargs):
+            self.stack.close()
+
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    if progress:
-        trainer.add_callback(LossLines())
-
+    if show_progress:
+        trainer.add_callback(OneVoice())
 
 
 def train_round(
@@ -177,7 +195,7 @@ def train_round(
     elif not resume and last_checkpoint(ckpt_dir):
         raise RunDirError("holds checkpoints of an interrupted run: pass --resume to continue it or --overwrite to start over", file=ckpt_dir)
     args = _training_args(
-        cfg, ckpt_dir, num_rows=len(train_ds), dev=dev is not None, progress=progress,
+        cfg, ckpt_dir, num_rows=len(train_ds), dev=dev is not None,
         prompts=_prompts(train_ds.column_names, cfg.model),
     )
     evaluator = dev_evaluator(dev, cfg.model, resolve_precision(cfg.precision)) if dev else None

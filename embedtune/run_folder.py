@@ -1,5 +1,8 @@
 """Run folders: every stage writes its artifacts plus a ``manifest.json`` that says how they
-were made (config, inputs' hashes, package versions, models, metrics, timings).
+were made (config, inputs' hashes, package versions, models, metrics, timings, peak memory); a
+pipeline run folder (:class:`RunFolder`) holds one such folder per stage and the pipeline's state.
+Artifacts are written atomically through :func:`embedtune.io.atomic_write_dir` (folders) and the
+``atomic_write_*`` helpers (files).
 
 The manifest's ``key`` is a hash of the stage's config and inputs. A stage whose key matches a
 completed manifest in its folder is skipped; a folder holding another config's results is an
@@ -19,6 +22,7 @@ from pydantic import BaseModel
 
 from .errors import RunDirError
 from .io import atomic_write_json, sha256_file, sha256_json
+from .peak_memory import peak_rss_mb
 
 MANIFEST = "manifest.json"
 TRACKED_PACKAGES = (
@@ -115,9 +119,91 @@ def write_manifest(
         "metrics": metrics or {},
         "timings": timings or {},
         "artifacts": artifacts or [],
+        "peak_rss_mb": peak_rss_mb(),  # since the stage started, when a pipeline runs it
         "versions": package_versions(),
     }
     if extra:
         manifest.update(extra)
     atomic_write_json(Path(folder) / MANIFEST, manifest)
     return manifest
+
+
+# --------------------------------------------------------------------------- a pipeline's run folder
+
+STATE = "pipeline.json"
+# What each stage leaves in RUN/<stage>/ (the report lists them; the stage functions write them)
+STAGE_ARTIFACTS = {
+    "mine": "mined rows (`dataset/`, `pairs.jsonl`, see embedtune.mined), report.md + plots",
+    "train": "tuned model (`model/`), checkpoints while running, training curve",
+    "select": "the model that ships (`model/`) and why (`selection.json`)",
+    "index": "search index, id map, passage store (+ `bm25/` and the fusion weight)",
+    "eval": "metrics.json, report.md, plots, per-query runs",
+    "export": "model for your RAG stack, model card, USAGE.md",
+}
+
+
+class RunFolder:
+    """The layout of a pipeline run folder ``RUN``: ``RUN/<stage>/`` per stage (each with its
+    manifest) and ``RUN/pipeline.json``, the pipeline's state (config and, per stage, the upstream
+    hash it ran on, wall time, peak memory)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    @property
+    def tuned_model(self) -> Path:
+        return self.root / "train" / "model"
+
+    @property
+    def shipped_model(self) -> Path:
+        return self.root / "select" / "model"
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / STATE
+
+    def read_state(self) -> dict[str, Any]:
+        import json
+
+        if not self.state_path.is_file():
+            return {}
+        try:
+            return json.loads(self.state_path.read_text())
+        except ValueError:
+            raise RunDirError("pipeline state is corrupt; delete the run folder or pass --overwrite", file=self.state_path) from None
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        atomic_write_json(self.state_path, state)
+
+    def start_run(self, chosen: dict[str, Any], config: dict[str, Any], *, overwrite: bool) -> dict[str, Any]:
+        """The state of this run: refused when the folder holds a run of other ``chosen``
+        settings (unless ``overwrite``), else kept, so unchanged stages are skipped."""
+        key = sha256_json(chosen)
+        state = self.read_state()
+        if state and state.get("config_key") != key and not overwrite:
+            raise RunDirError("run folder holds a run of another config; choose another run_dir or pass --overwrite", file=self.state_path, field="config_key")
+        if overwrite:
+            state = {}
+        self.root.mkdir(parents=True, exist_ok=True)
+        state.setdefault("stages", {})
+        state.update({"config_key": key, "config": config})
+        self.write_state(state)
+        return state
+
+    def manifest_hash(self, stage: str) -> str | None:
+        path = self.stage_dir(stage) / MANIFEST
+        return sha256_file(path) if path.is_file() else None
+
+    def upstream_hash(self, stages: tuple[str, ...]) -> str:
+        """Hash of these stages' manifests: it changes when any of them re-ran."""
+        return sha256_json({s: self.manifest_hash(s) for s in stages})
+
+    def shipped(self) -> str:
+        """'base', 'tuned' or 'merged(alpha=...)': what the select stage chose."""
+        import json
+
+        path = self.stage_dir("select") / "selection.json"
+        return json.loads(path.read_text())["shipped"] if path.is_file() else "tuned"
