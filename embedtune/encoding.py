@@ -20,7 +20,6 @@ length so that batches carry little padding). What this module adds:
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import json
 import logging
@@ -34,6 +33,8 @@ import numpy as np
 from . import progress
 from .config import ModelConfig
 from .io import TMP_PREFIX, atomic_save_npy, atomic_write_json
+from .models import LoadedModel
+from .precision import resolve_precision
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -41,13 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("embedtune")
 
 CACHE_FORMAT = 1
-# precision="auto" on CPU. bf16 had to cost less than 0.002 nDCG@10 to become the default; it
-# does: all-MiniLM-L6-v2 on SciFact test 0.6445 (bf16) vs 0.6451 (fp32), see eval/bench_encoding.py
-# and eval/results/encoding.md. CPUs without native bf16 fall back to fp32 (resolve_precision). int8
-# (onnxruntime) is not a default anywhere: +0.001 nDCG@10 on SciFact and NFCorpus, but -0.014 on
-# the demo's docstring corpus (eval/results/serving.md) -- it is opt-in, measured per corpus.
-AUTO_PRECISION_CPU = "bf16"
-AUTO_PRECISION_CUDA = "fp16"
 # A temp file of the cache older than this is left by a killed run: an entry is written in
 # seconds (after the encoding, not during it), so no live writer owns such a file.
 STALE_TEMP_SECONDS = 3600
@@ -56,45 +50,6 @@ STALE_TEMP_SECONDS = 3600
 def default_cache_dir() -> Path:
     env = os.environ.get("EMBEDTUNE_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "embedtune" / "embeddings"
-
-
-@functools.cache
-def cpu_has_bf16() -> bool:
-    """True when the CPU has native bf16 instructions (AVX-512-BF16 or AMX-BF16).
-
-    ``torch.backends.cpu.get_cpu_capability()`` only says "AVX512" and oneDNN's own check also
-    accepts plain AVX-512, where bf16 is emulated and slower than fp32; the kernel's CPU flags
-    say whether the instructions exist. Non-Linux systems: no bf16 (fp32 is the safe choice).
-    """
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """The precision actually used: ``auto`` resolved, bf16 on a CPU without bf16 -> fp32."""
-    if precision == "auto":
-        precision = AUTO_PRECISION_CUDA if device.startswith("cuda") else AUTO_PRECISION_CPU
-    if precision == "bf16" and device.startswith("cpu") and not cpu_has_bf16():
-        _warn_no_bf16()
-        return "fp32"
-    return precision
-
-
-@functools.cache
-def _warn_no_bf16() -> None:
-    log.warning("this CPU has no bf16 instructions (avx512_bf16 / amx_bf16): encoding in fp32 instead")
-
-
-def model_device(model: "SentenceTransformer") -> str:
-    """Where the model runs: "cpu", "cuda:0"..."""
-    return str(getattr(model, "device", "cpu"))
 
 
 def _model_for_precision(model: "SentenceTransformer", precision: str) -> "SentenceTransformer":
@@ -108,14 +63,14 @@ def _model_for_precision(model: "SentenceTransformer", precision: str) -> "Sente
     if precision == "int8":
         from .onnx_model import onnx_encoder
 
-        if not model_device(model).startswith("cpu"):
+        if not str(model.device).startswith("cpu"):
             from .errors import ConfigError
 
             raise ConfigError("precision 'int8' runs on the CPU (onnxruntime); use 'fp16' on CUDA", field="precision")
         return onnx_encoder(model, default_cache_dir() / "onnx")
     import torch
 
-    if precision == "fp16" and not model_device(model).startswith("cuda"):
+    if precision == "fp16" and not str(model.device).startswith("cuda"):
         from .errors import ConfigError
 
         raise ConfigError("precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU", field="precision")
@@ -132,7 +87,7 @@ def _text_length(text: str) -> int:
 
 
 def encode_texts(
-    model: "SentenceTransformer",
+    model: "LoadedModel | SentenceTransformer",
     texts: Sequence[str],
     *,
     prompt: str = "",
@@ -144,13 +99,15 @@ def encode_texts(
     """Encode ``texts`` (with ``prompt`` prepended) into an (n, dim) float32 array of unit vectors.
 
     ``task`` ("query" or "document") picks the route of an asymmetric model (a query-side model
-    of :mod:`embedtune.query_side`); an ordinary model ignores it.
+    of :mod:`embedtune.query_side`); an ordinary model ignores it. ``model`` is a loaded model, or
+    a bare sentence-transformers model being trained (nothing is cached, so no identity is needed).
     """
-    dim = model.get_embedding_dimension()
+    st = model.st if isinstance(model, LoadedModel) else model
+    dim = st.get_embedding_dimension()
     if len(texts) == 0:
         return np.zeros((0, dim), dtype=np.float32)
-    precision = resolve_precision(precision, model_device(model))
-    runner = _model_for_precision(model, precision)
+    precision = resolve_precision(precision, str(st.device))
+    runner = _model_for_precision(st, precision)
     # Longest first, in slices of whole batches, as sentence-transformers sorts inside encode():
     # the batches are the ones one encode() call makes, and the slices advance embedtune's bar
     # (sentence-transformers' own "Batches" bar stays off).
@@ -192,30 +149,26 @@ def task_prompt(model_cfg: ModelConfig, task: str) -> str:
     return model_cfg.document_prompt if task == "document" else model_cfg.query_prompt
 
 
-def cache_key(model: "SentenceTransformer", model_cfg: ModelConfig, ids: Sequence[str], texts: Sequence[str], *,
+def cache_key(model: LoadedModel, model_cfg: ModelConfig, ids: Sequence[str], texts: Sequence[str], *,
               task: str = "document") -> str:
     """Hash of everything that decides the vectors of ``task`` ("document" or "query") texts.
 
     Documents are keyed by the document encoder's fingerprint: a query-side model shares its
     base model's cached corpus vectors (they are the same vectors), so it never re-encodes them.
     """
-    from .models import document_fingerprint
-
-    if getattr(model, "embedtune_fingerprint", None) is None:
-        raise ValueError("model was not loaded with embedtune.models.load_model (no fingerprint)")
     parts = {
         "format": CACHE_FORMAT,
-        "model": document_fingerprint(model) if task == "document" else model.embedtune_fingerprint,
+        "model": model.document_fingerprint if task == "document" else model.fingerprint,
         "prompt": task_prompt(model_cfg, task),
         "max_seq_length": model.max_seq_length,
-        "precision": resolve_precision(model_cfg.precision, model_device(model)),
+        "precision": resolve_precision(model_cfg.precision, model.device),
         "corpus": corpus_hash(ids, texts),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def cache_path(
-    model: "SentenceTransformer", model_cfg: ModelConfig, ids: Sequence[str], texts: Sequence[str],
+    model: LoadedModel, model_cfg: ModelConfig, ids: Sequence[str], texts: Sequence[str],
     cache_dir: str | Path | None = None, *, task: str = "document",
 ) -> Path:
     """Where the embeddings of these texts (a corpus, or ``task="query"`` queries) under this
@@ -225,7 +178,7 @@ def cache_path(
 
 
 def encode_corpus(
-    model: "SentenceTransformer",
+    model: LoadedModel,
     model_cfg: ModelConfig,
     ids: Sequence[str],
     texts: Sequence[str],
@@ -238,7 +191,7 @@ def encode_corpus(
 
 
 def encode_queries(
-    model: "SentenceTransformer",
+    model: LoadedModel,
     model_cfg: ModelConfig,
     ids: Sequence[str],
     texts: Sequence[str],
@@ -254,13 +207,13 @@ def encode_queries(
 
 
 def _encode_cached(
-    model: "SentenceTransformer", model_cfg: ModelConfig, ids: Sequence[str], texts: Sequence[str],
+    model: LoadedModel, model_cfg: ModelConfig, ids: Sequence[str], texts: Sequence[str],
     task: str, cache_dir: str | Path | None, show_progress: bool,
 ) -> np.ndarray:
     what = "corpus" if task == "document" else "query"
     prompt = task_prompt(model_cfg, task)
     path = cache_path(model, model_cfg, ids, texts, cache_dir, task=task)
-    dim = model.get_embedding_dimension()
+    dim = model.dim
     if path.is_file():
         try:
             vectors = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -277,9 +230,9 @@ def _encode_cached(
     _remove_stale_temp_files(path.parent)
     atomic_save_npy(path, vectors)
     atomic_write_json(path.with_suffix(".json"), {
-        "what": what, "count": len(ids), "dim": dim, "model": getattr(model, "embedtune_path", None),
+        "what": what, "count": len(ids), "dim": dim, "model": str(model.path),
         "prompt": prompt, "max_seq_length": model.max_seq_length,
-        "precision": resolve_precision(model_cfg.precision, model_device(model)),
+        "precision": resolve_precision(model_cfg.precision, model.device),
     })
     return np.load(path, mmap_mode="r", allow_pickle=False)
 

@@ -231,7 +231,7 @@ def choose_fusion(
 
 def dense_run(model_cfg: ModelConfig, ds: BeirDataset, *, top_k: int, cache_dir: str | None, show_progress: bool = True) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Retrieve ``top_k`` documents per query with a dense model; returns (run, info)."""
-    from .encoding import model_device, cache_path, encode_corpus, encode_queries, resolve_precision
+    from .encoding import cache_path, encode_corpus, encode_queries
     from .models import load_model, model_info
     from .search import exact_search
 
@@ -253,7 +253,7 @@ def dense_run(model_cfg: ModelConfig, ds: BeirDataset, *, top_k: int, cache_dir:
     info = {
         "kind": "dense",
         "model": model_info(model_cfg, model),
-        "precision": resolve_precision(model_cfg.precision, model_device(model)),
+        "precision": model.precision,
         "corpus_from_cache": cached,
         "corpus_encode_seconds": round(encode_s, 3),
         "docs_per_second": None if cached else round(len(doc_ids) / max(encode_s, 1e-9), 1),

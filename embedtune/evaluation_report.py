@@ -141,7 +141,7 @@ def render_markdown(results: dict[str, Any], images: dict[str, str]) -> str:
 def run_evaluation(cfg: EvalConfig, out_dir: str | Path, *, overwrite: bool = False, show_progress: bool = True) -> dict[str, Any]:
     """The ``eval`` stage: evaluate, then write metrics.json, report.md, plots and the manifest."""
     from .corpus import parse_benchmark_source
-    from .encoding import resolve_precision
+    from .precision import resolve_precision
     from .models import model_fingerprint, resolve_device, resolve_model_path
 
     out = Path(out_dir)

@@ -43,13 +43,11 @@ from .corpus import Passage, load_corpus, split_into_passages
 from .errors import IndexMismatchError, RunDirError, first_line
 from .io import TMP_PREFIX, atomic_write_jsonl, sha256_file, sha256_text
 from .run_folder import MANIFEST, hash_path, stage_key, write_manifest
-from .models import document_fingerprint, load_model, model_info
+from .models import LoadedModel, load_model, model_info
 from .fusion import FusionConfig, fuse_scores
 from .search import BackendName
 
 if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
-
     from .search import Searcher
 
 log = logging.getLogger("embedtune")
@@ -172,7 +170,7 @@ class OpenIndex:
     manifest: dict[str, Any]
     searcher: "Searcher"
     passages: PassageStore
-    model: "SentenceTransformer | None"
+    model: "LoadedModel | None"
     model_cfg: ModelConfig
     info: dict[str, Any] = field(default_factory=dict)  # manifest["index"]
     lexical: Any = None  # the bm25s retriever of a hybrid index
@@ -255,24 +253,24 @@ def _default_model_name(index_dir: Path, info: dict[str, Any]) -> str:
     return str(info.get("model"))
 
 
-def check_model_matches(index_dir: Path, manifest: dict[str, Any], model: "SentenceTransformer", name: str) -> None:
+def check_model_matches(index_dir: Path, manifest: dict[str, Any], model: LoadedModel, name: str) -> None:
     """Dimension first (the clearer message), then the weights fingerprint."""
     info = manifest["index"]
-    dim = model.get_embedding_dimension()
+    dim = model.dim
     if dim != info.get("dim"):
         raise _mismatch(f"model '{name}' gives {dim}-dim vectors but the index holds {info.get('dim')}-dim vectors", index_dir, "index.dim")
     documents = info.get("document_encoder_sha256") or info.get("model_sha256")  # older manifests: one model
-    if getattr(model, "embedtune_query_side", None):
+    if model.query_side:
         # a query-side model serves any index of the document encoder it was trained against
-        if document_fingerprint(model) != documents:
+        if model.document_fingerprint != documents:
             raise _mismatch(
                 f"query-side model '{name}' was trained against the document encoder with fingerprint "
-                f"{document_fingerprint(model)[:12]}, but this index's vectors come from '{info.get('model')}' "
+                f"{model.document_fingerprint[:12]}, but this index's vectors come from '{info.get('model')}' "
                 f"(fingerprint {str(documents)[:12]}): rebuild the index with that encoder or train against this one",
                 index_dir, "index.document_encoder_sha256",
             )
         return
-    fingerprint = getattr(model, "embedtune_fingerprint", None)
+    fingerprint = model.fingerprint
     if fingerprint not in (info.get("model_sha256"), documents):
         raise _mismatch(
             f"model '{name}' (weights fingerprint {str(fingerprint)[:12]}) is not the model the index was built with "
@@ -283,7 +281,7 @@ def check_model_matches(index_dir: Path, manifest: dict[str, Any], model: "Sente
 
 def open_index(
     index_dir: str | Path,
-    model: "str | ModelConfig | SentenceTransformer | None" = None,
+    model: "str | ModelConfig | LoadedModel | None" = None,
     *,
     load_query_model: bool = True,
 ) -> OpenIndex:
@@ -319,16 +317,16 @@ def open_index(
         lexical, lexical_ids = _open_bm25(index_dir, passages)
         fusion = read_fusion(index_dir)
     loaded = None
-    if not isinstance(model, (str, ModelConfig)) and model is not None:
+    if isinstance(model, LoadedModel):
         loaded = model
-        cfg = index_model_config(index_dir, manifest, getattr(model, "embedtune_path", None) or "model")
+        cfg = index_model_config(index_dir, manifest, str(model.path or "model"))
     else:
         cfg = index_model_config(index_dir, manifest, model)
         if load_query_model:
             loaded = load_model(cfg)
     if loaded is not None:
         check_model_matches(index_dir, manifest, loaded, cfg.name)
-        loaded.max_seq_length = info.get("max_seq_length") or loaded.max_seq_length
+        loaded.st.max_seq_length = info.get("max_seq_length") or loaded.max_seq_length
     return OpenIndex(path=index_dir, manifest=manifest, searcher=searcher, passages=passages, model=loaded, model_cfg=cfg,
                      info=info, lexical=lexical, lexical_ids=lexical_ids, fusion=fusion)
 
@@ -461,18 +459,17 @@ def ranked_search(
 # --------------------------------------------------------------------------- building
 
 
-def _chunk(cfg: IndexConfig, model: "SentenceTransformer") -> tuple[dict, list[Passage], Any, int]:
+def _chunk(cfg: IndexConfig, model: LoadedModel) -> tuple[dict, list[Passage], Any, int]:
     c = cfg.corpus
     docs = load_corpus(c.path, id_field=c.id_field, title_field=c.title_field, text_field=c.text_field)
     max_tokens = c.chunking.max_tokens or model.max_seq_length
     passages, report = split_into_passages(
-        docs, model.tokenizer, max_tokens, overlap=c.chunking.overlap, max_passages_per_doc=c.chunking.max_passages_per_doc,
+        docs, model.st.tokenizer, max_tokens, overlap=c.chunking.overlap, max_passages_per_doc=c.chunking.max_passages_per_doc,
     )
     return docs, passages, report, max_tokens
 
 
-def _index_info(cfg: IndexConfig, model: "SentenceTransformer", backend: str, count: int, max_tokens: int) -> dict[str, Any]:
-    from .encoding import resolve_precision
+def _index_info(cfg: IndexConfig, model: LoadedModel, backend: str, count: int, max_tokens: int) -> dict[str, Any]:
 
     mi = model_info(cfg.model, model)
     return {
@@ -480,12 +477,12 @@ def _index_info(cfg: IndexConfig, model: "SentenceTransformer", backend: str, co
         "model_path": mi["path"],
         "model_sha256": mi["sha256"],
         # where the vectors come from: the model itself, or the base encoder of a query-side model
-        "document_encoder_sha256": document_fingerprint(model),
-        "query_side": bool(getattr(model, "embedtune_query_side", None)),
+        "document_encoder_sha256": model.document_fingerprint,
+        "query_side": bool(model.query_side),
         "query_prompt": cfg.model.query_prompt,
         "document_prompt": cfg.model.document_prompt,
         "max_seq_length": mi["max_seq_length"],
-        "precision": resolve_precision(cfg.model.precision, str(model.device)),
+        "precision": model.precision,
         "dim": mi["dim"],
         "metric": METRIC,
         "normalized": True,
@@ -537,7 +534,7 @@ def _write_index_folder(
     cfg: IndexConfig,
     key: str,
     inputs: dict[str, str],
-    model: "SentenceTransformer",
+    model: LoadedModel,
     info: dict[str, Any],
     metrics: dict[str, Any],
     timings: dict[str, float],
@@ -609,7 +606,7 @@ def build_index(
     out_dir: str | Path,
     *,
     overwrite: bool = False,
-    model: "SentenceTransformer | None" = None,
+    model: "LoadedModel | None" = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Load, chunk and encode ``cfg.corpus`` and write a complete index folder at ``out_dir``.
@@ -626,8 +623,8 @@ def build_index(
     if model is None:
         model = load_model(cfg.model)
     elif cfg.model.max_seq_length:
-        model.max_seq_length = cfg.model.max_seq_length
-    fingerprint = model.embedtune_fingerprint
+        model.st.max_seq_length = cfg.model.max_seq_length
+    fingerprint = model.fingerprint
     inputs = _inputs(cfg, fingerprint)
     key = stage_key(cfg, inputs)
     existing = _prepare(out_dir, key, overwrite)
@@ -691,7 +688,7 @@ def update_index(
     index_dir: str | Path,
     corpus: str | Path | CorpusConfig,
     *,
-    model: "str | SentenceTransformer | None" = None,
+    model: "str | LoadedModel | None" = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Bring an index up to date with a new version of its corpus.

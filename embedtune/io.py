@@ -122,14 +122,18 @@ def sha256_json(obj: Any) -> str:
 
 
 def save_model_atomically(model: Any, model_dir: Path) -> None:
-    """Save into a temp folder next to ``model_dir``, then swap it in with renames."""
+    """Save into a temp folder next to ``model_dir``, then swap it in with renames. ``model``: a
+    sentence-transformers model, or a loaded model (its query-side record is saved beside it)."""
+    from .models import LoadedModel
+
+    record = model.query_side if isinstance(model, LoadedModel) else None
+    model = model.st if isinstance(model, LoadedModel) else model
     model_dir = Path(model_dir)
     model_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = model_dir.parent / f"{TMP_PREFIX}{model_dir.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save(str(tmp), safe_serialization=True)
-    record = getattr(model, "embedtune_query_side", None)
     if record:  # sentence-transformers saves its modules only
         from .models import QUERY_SIDE_FILE
 

@@ -86,6 +86,10 @@ def merge_folders(base: ModelConfig, tuned: list[ModelConfig], alpha: float, out
     _check_alpha(alpha)  # before loading anything
     base_model = load_model(base)
     models = [load_model(m) for m in tuned]
-    merged = merge_models(base_model, models, alpha, [m.name for m in tuned])
+    for model, cfg in zip(models, tuned):
+        if model.query_side:
+            raise ModelError("a query-side model is merged with its base by moving its query side toward the base: "
+                             "the select stage of 'embedtune run' does that (select.alphas), not 'embedtune merge'", file=cfg.name)
+    merged = merge_models(base_model.st, [m.st for m in models], alpha, [m.name for m in tuned])
     save_model_atomically(merged, Path(out_dir))
     return Path(out_dir)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -111,7 +112,47 @@ def model_fingerprint(path: str | Path) -> str:
     return _fingerprint(str(path), stamp)
 
 
-def load_model(cfg: ModelConfig | str) -> "SentenceTransformer":
+@dataclass
+class LoadedModel:
+    """A model as embedtune passes it between stages: the sentence-transformers model (``st``) and
+    what it is -- the folder it came from, its weights fingerprint, its query-side record (which
+    document encoder its documents go through) -- and the settings it was loaded with."""
+
+    st: "SentenceTransformer"
+    config: ModelConfig
+    path: Path | None
+    fingerprint: str
+    query_side: dict | None = None
+
+    @property
+    def document_fingerprint(self) -> str:
+        """The fingerprint of the encoder that makes this model's document vectors: its own, or
+        for a query-side model the document encoder it was trained against (documents go through
+        that encoder unchanged). Indexes and the embedding cache are keyed by it."""
+        return self.query_side["document_encoder"]["sha256"] if self.query_side else self.fingerprint
+
+    @property
+    def dim(self) -> int:
+        return self.st.get_embedding_dimension()
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.st.max_seq_length
+
+    @property
+    def device(self) -> str:
+        """Where the model runs: "cpu", "cuda:0"..."""
+        return str(self.st.device)
+
+    @property
+    def precision(self) -> str:
+        """The encoding precision these settings resolve to on this device."""
+        from .precision import resolve_precision
+
+        return resolve_precision(self.config.precision, self.device)
+
+
+def load_model(cfg: ModelConfig | str) -> LoadedModel:
     """Load a sentence-transformers model from a safe local folder on the configured device."""
     if isinstance(cfg, str):
         cfg = ModelConfig(name=cfg)
@@ -135,10 +176,7 @@ def load_model(cfg: ModelConfig | str) -> "SentenceTransformer":
         raise ModelError(f"cannot load model: {msg}", file=path) from None
     if cfg.max_seq_length:
         model.max_seq_length = cfg.max_seq_length
-    model.embedtune_path = str(path)  # where it came from, for manifests
-    model.embedtune_fingerprint = model_fingerprint(path)
-    model.embedtune_query_side = read_query_side(path)
-    return model
+    return LoadedModel(st=model, config=cfg, path=path, fingerprint=model_fingerprint(path), query_side=read_query_side(path))
 
 
 def read_query_side(path: str | Path) -> dict | None:
@@ -158,14 +196,6 @@ def read_query_side(path: str | Path) -> dict | None:
     return record
 
 
-def document_fingerprint(model: "SentenceTransformer") -> str:
-    """The fingerprint of the encoder that makes this model's document vectors: its own, or for
-    a query-side model the document encoder it was trained against (documents go through that
-    encoder unchanged). Indexes and the embedding cache are keyed by it."""
-    record = getattr(model, "embedtune_query_side", None)
-    return record["document_encoder"]["sha256"] if record else model.embedtune_fingerprint
-
-
 def resolve_device(device: str = "auto") -> str:
     if device != "auto":
         return device
@@ -174,21 +204,21 @@ def resolve_device(device: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def model_info(cfg: ModelConfig, model: "SentenceTransformer | None" = None) -> dict:
+def model_info(cfg: ModelConfig, model: LoadedModel | None = None) -> dict:
     """What a manifest records about a model."""
-    path = Path(getattr(model, "embedtune_path", None) or resolve_model_path(cfg.name))
+    path = Path(model.path if model is not None and model.path else resolve_model_path(cfg.name))
     info = {
         "name": cfg.name,
         "path": str(path),
-        "sha256": getattr(model, "embedtune_fingerprint", None) or model_fingerprint(path),
+        "sha256": model.fingerprint if model is not None else model_fingerprint(path),
         "query_prompt": cfg.query_prompt,
         "document_prompt": cfg.document_prompt,
     }
     if model is not None:
-        if getattr(model, "embedtune_query_side", None):
-            info["query_side"] = model.embedtune_query_side
+        if model.query_side:
+            info["query_side"] = model.query_side
         info["max_seq_length"] = model.max_seq_length
-        info["dim"] = model.get_embedding_dimension()
+        info["dim"] = model.dim
     return info
 
 

@@ -28,6 +28,7 @@ trainer encodes every document column at each step, which is what this mode exis
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import random
 import time
@@ -41,6 +42,8 @@ from .errors import InputError
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+    from .models import LoadedModel
+
 log = logging.getLogger("embedtune")
 
 ROUTER_NAME = "Router"
@@ -48,72 +51,73 @@ QUERY_ROUTE = "query"
 DOCUMENT_ROUTE = "document"
 
 
-def _record(base: "SentenceTransformer", kind: str) -> dict[str, Any]:
+def _record(base: "LoadedModel", kind: str) -> dict[str, Any]:
     return {
         "kind": kind,
-        "document_encoder": {"name": getattr(base, "embedtune_path", None), "sha256": base.embedtune_fingerprint},
+        "document_encoder": {"name": str(base.path) if base.path else None, "sha256": base.fingerprint},
         "note": "Query-side model: documents are the document encoder's vectors unchanged; encode queries "
                 "with encode_query and documents with encode_document.",
     }
 
 
-def _with_identity(model: "SentenceTransformer", base: "SentenceTransformer", kind: str) -> "SentenceTransformer":
+def _with_identity(model: "SentenceTransformer", base: "LoadedModel", kind: str) -> "LoadedModel":
+    """The new model with the base's identity and a query-side record naming the base as its
+    document encoder."""
+    from .models import LoadedModel
+
     model.max_seq_length = base.max_seq_length
-    model.embedtune_path = getattr(base, "embedtune_path", None)
-    model.embedtune_fingerprint = base.embedtune_fingerprint
-    model.embedtune_query_side = _record(base, kind)
-    return model
+    return LoadedModel(st=model, config=base.config, path=base.path, fingerprint=base.fingerprint, query_side=_record(base, kind))
 
 
-def add_query_adapter(base: "SentenceTransformer", weight: np.ndarray | None = None, bias: np.ndarray | None = None) -> "SentenceTransformer":
+def add_query_adapter(base: "LoadedModel", weight: np.ndarray | None = None, bias: np.ndarray | None = None) -> "LoadedModel":
     """``base`` + a query-only linear adapter (identity when ``weight``/``bias`` are None)."""
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Router
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize
 
-    dim = base.get_embedding_dimension()
+    dim = base.dim
     dense = Dense(dim, dim, bias=True, activation_function=torch.nn.Identity())
     with torch.no_grad():
         dense.linear.weight.copy_(torch.eye(dim) if weight is None else torch.as_tensor(weight))
         dense.linear.bias.copy_(torch.zeros(dim) if bias is None else torch.as_tensor(bias))
     router = Router({QUERY_ROUTE: [dense, Normalize()], DOCUMENT_ROUTE: []}, default_route=DOCUMENT_ROUTE)
-    model = SentenceTransformer(modules=[*copy.deepcopy(list(base.children())), router], device=str(base.device))
+    model = SentenceTransformer(modules=[*copy.deepcopy(list(base.st.children())), router], device=base.device)
     return _with_identity(model, base, "adapter")
 
 
-def add_query_encoder(base: "SentenceTransformer", query_encoder: "SentenceTransformer | None" = None) -> "SentenceTransformer":
+def add_query_encoder(base: "LoadedModel", query_encoder: "SentenceTransformer | None" = None) -> "LoadedModel":
     """A Router model: ``query_encoder`` (default: a copy of ``base``) for queries, ``base`` for documents."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Router
 
-    query = copy.deepcopy(list((query_encoder or base).children()))
-    router = Router({QUERY_ROUTE: query, DOCUMENT_ROUTE: copy.deepcopy(list(base.children()))}, default_route=DOCUMENT_ROUTE)
-    return _with_identity(SentenceTransformer(modules=[router], device=str(base.device)), base, "encoder")
+    query = copy.deepcopy(list((query_encoder or base.st).children()))
+    router = Router({QUERY_ROUTE: query, DOCUMENT_ROUTE: copy.deepcopy(list(base.st.children()))}, default_route=DOCUMENT_ROUTE)
+    return _with_identity(SentenceTransformer(modules=[router], device=base.device), base, "encoder")
 
 
 def _router(model: "SentenceTransformer") -> Any:
     return next((m for m in model.children() if type(m).__name__ == ROUTER_NAME and QUERY_ROUTE in getattr(m, "sub_modules", {})), None)
 
 
-def query_adapter(model: "SentenceTransformer") -> Any:
+def query_adapter(model: "LoadedModel") -> Any:
     """The adapter's ``Dense`` module of an adapter-kind query-side model, or None."""
-    router = _router(model)
-    if router is None or (model.embedtune_query_side or {}).get("kind") != "adapter":
+    router = _router(model.st)
+    if router is None or (model.query_side or {}).get("kind") != "adapter":
         return None
     return router.sub_modules[QUERY_ROUTE][0]
 
 
-def interpolate_query_side(model: "SentenceTransformer", alpha: float) -> "SentenceTransformer":
+def interpolate_query_side(model: "LoadedModel", alpha: float) -> "LoadedModel":
     """A copy whose query side is ``alpha`` of the way from the base model (0) to the trained one
     (1): weight merging (WiSE-FT) for a query-side model. An adapter moves from the identity; an
     encoder copy from the document route's weights, which are the base model's."""
     import torch
 
-    out = copy.deepcopy(model)
-    router = _router(out)
+    out = dataclasses.replace(model, st=copy.deepcopy(model.st))
+    router = _router(out.st)
     with torch.no_grad():
-        if out.embedtune_query_side.get("kind") == "adapter":
+        if out.query_side.get("kind") == "adapter":
             dense = router.sub_modules[QUERY_ROUTE][0]
             eye = torch.eye(dense.linear.weight.shape[0], dtype=dense.linear.weight.dtype)
             dense.linear.weight.copy_(eye + alpha * (dense.linear.weight - eye))
@@ -142,7 +146,7 @@ def _dev_ndcg(queries: Any, doc_vectors: Any, doc_ids: list[str], dev_ids: list[
 class _Adapter:
     """The adapter kind: a linear map on the base model's fixed query vectors."""
 
-    def __init__(self, base: "SentenceTransformer", queries: Any) -> None:
+    def __init__(self, base: "LoadedModel", queries: Any) -> None:
         import torch
 
         self.base, self.queries = base, queries
@@ -166,16 +170,16 @@ class _Adapter:
     def snapshot(self) -> Any:
         return (self.weight.detach().clone(), self.bias.detach().clone())
 
-    def build(self, state: Any) -> "SentenceTransformer":
+    def build(self, state: Any) -> "LoadedModel":
         return add_query_adapter(self.base, state[0].numpy(), state[1].numpy())
 
 
 class _Encoder:
     """The encoder kind: a trainable copy of the base encoder runs the queries."""
 
-    def __init__(self, base: "SentenceTransformer", precision: str, prompt: str) -> None:
+    def __init__(self, base: "LoadedModel", precision: str, prompt: str) -> None:
         self.base, self.precision, self.prompt = base, precision, prompt
-        self.model = copy.deepcopy(base)
+        self.model = copy.deepcopy(base.st)  # the trainable copy: a bare sentence-transformers model
 
     def parameters(self) -> list:
         return list(self.model.parameters())
@@ -202,7 +206,7 @@ class _Encoder:
     def snapshot(self) -> Any:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
-    def build(self, state: Any) -> "SentenceTransformer":
+    def build(self, state: Any) -> "LoadedModel":
         self.model.load_state_dict(state)
         self.model.eval()
         return add_query_encoder(self.base, self.model)

@@ -27,6 +27,8 @@ from .config import ModelConfig, StrictModel
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+    from .models import LoadedModel
+
     from .training.dev import DevSplit
 
 log = logging.getLogger("embedtune")
@@ -63,7 +65,7 @@ class SelectConfig(StrictModel):
         return v
 
 
-def _per_query_ndcg(model: "SentenceTransformer", cfg: ModelConfig, queries: dict[str, str], corpus: dict[str, str],
+def _per_query_ndcg(model: "LoadedModel | SentenceTransformer", cfg: ModelConfig, queries: dict[str, str], corpus: dict[str, str],
                     qrels: dict[str, dict[str, int]], doc_vectors: dict[int, np.ndarray] | None = None) -> dict[str, float]:
     """Per-query nDCG@10. ``doc_vectors`` (given for the base and query-side candidates, whose
     documents all go through the base encoder) keeps the corpus vectors by corpus: encoded once."""
@@ -122,13 +124,15 @@ def select_model(
 
     # a query-side model merges with its base by moving its query side toward the base's; its
     # documents, like the base's, are the base encoder's: encoded once for all such candidates
-    query_side = bool(getattr(tuned_model, "embedtune_query_side", None))
+    query_side = bool(tuned_model.query_side)
     base_docs: dict[int, np.ndarray] = {}  # id(corpus) -> vectors; the corpora live as long as this call
 
-    def candidate(alpha: float) -> "SentenceTransformer":
+    def candidate(alpha: float) -> "LoadedModel | SentenceTransformer":
         if alpha in (0.0, 1.0):
             return base_model if alpha == 0.0 else tuned_model
-        return interpolate_query_side(tuned_model, alpha) if query_side else merge_models(base_model, [tuned_model], alpha)
+        if query_side:
+            return interpolate_query_side(tuned_model, alpha)
+        return merge_models(base_model.st, [tuned_model.st], alpha)  # new weights: no fingerprint, nothing cached
 
     for alpha in cfg.alphas:
         model = candidate(alpha)

@@ -14,7 +14,7 @@ and int8 on each dataset, the paired randomization test of each difference to fp
 cosine between each document's fp32 and bf16 / int8 vectors. Full-corpus embeddings come from (and go to) the shared
 embedding cache, so re-running only re-times the sample.
 
-bf16 becomes ``AUTO_PRECISION_CPU`` only if it costs less than 0.002 nDCG@10 on every dataset.
+bf16 becomes ``AUTO_INFERENCE_CPU`` (embedtune/precision.py) only if it costs less than 0.002 nDCG@10 on every dataset.
 
 Writes eval/results/encoding.md; with ``--json`` the last stdout line is one JSON object.
 
@@ -81,15 +81,15 @@ def time_speed(model, texts: list[str], rounds: int, batch_size: int) -> dict:
         from embedtune.onnx_model import FP32_FILE, onnx_twin, write_onnx_model
 
         folder = Path(tempfile.mkdtemp()) / "fp32"
-        write_onnx_model(model, folder, int8=False)
-        onnx_fp32 = onnx_twin(model, folder, FP32_FILE)
+        write_onnx_model(model.st, folder, int8=False)
+        onnx_fp32 = onnx_twin(model.st, folder, FP32_FILE)
 
     def run(method: str) -> np.ndarray:
         if method == "onnx-fp32":
             return encode_texts(onnx_fp32, texts, batch_size=batch_size, precision="fp32", show_progress=False)
         if method == "bf16-autocast":
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                v = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+                v = model.st.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
             v = np.asarray(v, dtype=np.float32)
             return v / np.linalg.norm(v, axis=1, keepdims=True)
         return encode_texts(model, texts, batch_size=batch_size, precision=method, show_progress=False)
@@ -177,14 +177,14 @@ def main() -> None:
     args = parser.parse_args()
 
     from embedtune.cli.app import setup_logging
-    from embedtune.encoding import AUTO_PRECISION_CPU, cpu_has_bf16
+    from embedtune.precision import AUTO_INFERENCE_CPU, cpu_has_bf16
     from embedtune.models import load_model
 
     setup_logging()
     folders = [Path(p).resolve() for p in args.datasets] or [DATASETS / "scifact", DATASETS / "nfcorpus"]
     if not cpu_has_bf16():
         print("this CPU has no native bf16 (avx512_bf16 / amx_bf16): bf16 would be emulated; nothing to measure", file=sys.stderr)
-    summary: dict = {"model": args.model, "cpu_bf16": cpu_has_bf16(), "auto_precision_cpu": AUTO_PRECISION_CPU}
+    summary: dict = {"model": args.model, "cpu_bf16": cpu_has_bf16(), "auto_precision_cpu": AUTO_INFERENCE_CPU}
     model = load_model(args.model)
     speed = time_speed(model, sample_texts(folders, args.sample), args.rounds, args.batch_size)
     summary["speed"] = speed
@@ -239,7 +239,7 @@ def render(s: dict) -> str:
                              f"{r['p_value']:.3f} | {r['recall@100_delta']:+.4f} | {r['doc_cosine_mean']:.5f} / {r['doc_cosine_min']:.5f} |")
         lines += ["", f"Rule: a precision may become the default (`precision=auto` on CPU) only if it costs less than {MAX_NDCG_COST} "
                   f"nDCG@10 on every dataset. bf16: {'qualifies' if s['bf16_qualifies_as_auto'] else 'does NOT qualify'}; int8: "
-                  f"{'qualifies' if s['int8_qualifies_as_auto'] else 'does NOT qualify'}. `AUTO_PRECISION_CPU` in this run: "
+                  f"{'qualifies' if s['int8_qualifies_as_auto'] else 'does NOT qualify'}. `AUTO_INFERENCE_CPU` in this run: "
                   f"`{s['auto_precision_cpu']}`. int8 is not a default even where it qualifies here: on the demo's docstring corpus "
                   "it costs 0.014 nDCG@10 (eval/results/serving.md).", ""]
     return "\n".join(lines)

@@ -127,7 +127,7 @@ def main() -> None:
     model_path = str(resolve_model_path(args.model))
     # Pay one-off costs (imports, thread pools, first-call kernels) before timing either side.
     warm = load_model(args.model)
-    warm.encode(["warm up the thread pool"] * 8, batch_size=8)
+    warm.st.encode(["warm up the thread pool"] * 8, batch_size=8)
     del warm
 
     load = os.getloadavg()[0]

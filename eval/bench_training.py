@@ -11,7 +11,7 @@ Rows: SciFact train qrels (query, positive) with one seeded random corpus docume
 negative -- what is timed is the loop, not the quality, so no mining is needed.
 
 ``--compare-precision`` instead times our loop in fp32 and bf16 (the measurement behind the
-CPU default ``AUTO_CPU_PRECISION`` in ``embedtune/training.py``).
+CPU default ``AUTO_TRAINING_CPU`` in ``embedtune/precision.py``).
 
     nice python eval/bench_training.py --json
     nice python eval/bench_training.py --compare-precision --json
@@ -97,7 +97,7 @@ def run_plain(cols: dict[str, list], out: Path, cfg) -> list[float]:
     )
 
     from embedtune.models import resolve_model_path
-    from embedtune.training.config import resolve_precision
+    from embedtune.training.config import resolve_training_precision
 
     transformers.set_seed(cfg.seed)
     model = SentenceTransformer(str(resolve_model_path(cfg.model.name)), device="cpu")
@@ -107,7 +107,7 @@ def run_plain(cols: dict[str, list], out: Path, cfg) -> list[float]:
     data = {"anchor": cols["query"], "positive": cols["positive"]}
     for k in range(n):
         data[f"negative_{k + 1}"] = [negs[k] for negs in cols["negatives"]]
-    precision = resolve_precision(cfg.precision)
+    precision = resolve_training_precision(cfg.precision)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
@@ -147,7 +147,7 @@ def main() -> None:
 
     import torch
 
-    from embedtune.encoding import cpu_has_bf16
+    from embedtune.precision import cpu_has_bf16
     from embedtune.training import TrainConfig
 
     cols = make_rows(args.data, args.negatives, seed=0)

@@ -9,9 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from embedtune import encoding
+from embedtune import encoding, precision
 from embedtune.config import ModelConfig
-from embedtune.encoding import cache_path, encode_corpus, encode_queries, encode_texts, resolve_precision
+from embedtune.encoding import cache_path, encode_corpus, encode_queries, encode_texts
+from embedtune.precision import resolve_precision
 from embedtune.io import TMP_PREFIX
 from embedtune.models import load_model
 
@@ -54,9 +55,9 @@ def encode_calls(monkeypatch):
 
 def test_encode_texts_gives_unit_float32_vectors(model):
     vecs = encode_texts(model, TEXTS, show_progress=False)
-    assert vecs.dtype == np.float32 and vecs.shape == (4, model.get_embedding_dimension())
+    assert vecs.dtype == np.float32 and vecs.shape == (4, model.dim)
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
-    assert encode_texts(model, [], show_progress=False).shape == (0, model.get_embedding_dimension())
+    assert encode_texts(model, [], show_progress=False).shape == (0, model.dim)
 
 
 def test_second_encode_corpus_hits_the_cache(model, tiny_model_dir, cache, encode_calls):
@@ -80,13 +81,13 @@ def test_anything_that_changes_the_vectors_misses_the_cache(change, model, tiny_
     if change == "prompt":
         cfg = cfg.model_copy(update={"document_prompt": "passage: "})
     elif change == "max_seq_length":
-        monkeypatch.setattr(model, "max_seq_length", 16)
+        monkeypatch.setattr(model.st, "max_seq_length", 16)
     elif change == "text":
         texts[2] = texts[2] + " omega"
     elif change == "id":
         ids[0] = "other"
     elif change == "precision":
-        monkeypatch.setattr(encoding, "cpu_has_bf16", lambda: True)
+        monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
         cfg = cfg.model_copy(update={"precision": "bf16"})
     before = len(encode_calls)
     encode_corpus(model, cfg, ids, texts, show_progress=False)
@@ -121,7 +122,7 @@ def test_interrupted_write_leaves_no_entry_and_no_temp_file(model, tiny_model_di
     monkeypatch.setattr(np, "save", real_save)
     vecs = encode_corpus(model, cfg, IDS, TEXTS, show_progress=False)  # encodes again, then hits
     encode_corpus(model, cfg, IDS, TEXTS, show_progress=False)
-    assert len(encode_calls) == 2 and vecs.shape == (4, model.get_embedding_dimension())
+    assert len(encode_calls) == 2 and vecs.shape == (4, model.dim)
 
 
 def test_unreadable_entry_is_replaced(model, tiny_model_dir, cache, encode_calls, caplog):
@@ -149,26 +150,26 @@ def test_stale_temp_files_of_killed_runs_are_removed(model, tiny_model_dir, cach
 
 
 def test_bf16_falls_back_to_fp32_without_cpu_support(monkeypatch, caplog):
-    monkeypatch.setattr(encoding, "cpu_has_bf16", lambda: False)
-    encoding._warn_no_bf16.cache_clear()
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    precision._warn_no_bf16.cache_clear()
     with caplog.at_level(logging.WARNING, logger="embedtune"):
         assert resolve_precision("bf16", "cpu") == "fp32"
     assert "no bf16 instructions" in caplog.text
     assert resolve_precision("bf16", "cuda:0") == "bf16"
-    monkeypatch.setattr(encoding, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
     assert resolve_precision("bf16", "cpu") == "bf16"
-    assert resolve_precision("auto", "cpu") == encoding.AUTO_PRECISION_CPU
-    assert resolve_precision("auto", "cuda") == encoding.AUTO_PRECISION_CUDA
+    assert resolve_precision("auto", "cpu") == precision.AUTO_INFERENCE_CPU
+    assert resolve_precision("auto", "cuda") == precision.AUTO_INFERENCE_CUDA
 
 
 def test_bf16_vectors_are_close_to_fp32_and_unit_length(model, monkeypatch):
-    monkeypatch.setattr(encoding, "cpu_has_bf16", lambda: True)  # emulated if the CPU lacks it: slower, same numbers
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)  # emulated if the CPU lacks it: slower, same numbers
     fp32 = encode_texts(model, TEXTS, precision="fp32", show_progress=False)
     bf16 = encode_texts(model, TEXTS, precision="bf16", show_progress=False)
     assert bf16.dtype == np.float32
     assert np.allclose(np.linalg.norm(bf16, axis=1), 1.0, atol=1e-6)
     assert np.min(np.sum(fp32 * bf16, axis=1)) > 0.98
-    assert next(model.parameters()).dtype.is_floating_point and str(next(model.parameters()).dtype) == "torch.float32"
+    assert next(model.st.parameters()).dtype.is_floating_point and str(next(model.st.parameters()).dtype) == "torch.float32"
 
 
 def test_fp16_on_cpu_is_a_config_error(model):
@@ -191,7 +192,7 @@ def test_int8_precision_runs_the_quantised_graph_close_to_fp32(model, cache):
     q32 = encode_texts(model, ["salt and blood pressure"], precision="fp32", show_progress=False)
     q8 = encode_texts(model, ["salt and blood pressure"], precision="int8", show_progress=False)
     assert np.argmax(fp32 @ q32[0]) == np.argmax(int8 @ q8[0])
-    cfgs = [ModelConfig(name=model.embedtune_path, precision=p) for p in ("fp32", "int8")]
+    cfgs = [ModelConfig(name=str(model.path), precision=p) for p in ("fp32", "int8")]
     assert cache_path(model, cfgs[0], ["a"], ["x"]) != cache_path(model, cfgs[1], ["a"], ["x"])
 
 
@@ -203,7 +204,7 @@ def test_int8_twin_follows_weights_changed_in_memory(tiny_model_dir, cache):
     model = load_model(ModelConfig(name=tiny_model_dir))
     before = encode_texts(model, TEXTS, precision="int8", show_progress=False)
     with torch.no_grad():
-        for p in model[0].auto_model.encoder.parameters():
+        for p in model.st[0].auto_model.encoder.parameters():
             p.mul_(0.5)
     after32 = encode_texts(model, TEXTS, precision="fp32", show_progress=False)
     after8 = encode_texts(model, TEXTS, precision="int8", show_progress=False)

@@ -337,7 +337,7 @@ def test_mining_again_reuses_the_corpus_embeddings(tmp_path, beir, bi_encoder, m
 
     def counting_load(cfg):
         model = real_load(cfg)
-        model[0].register_forward_pre_hook(lambda module, args: encoded.append(len(args[0]["input_ids"])))
+        model.st[0].register_forward_pre_hook(lambda module, args: encoded.append(len(args[0]["input_ids"])))
         return model
 
     monkeypatch.setattr(embedtune.models, "load_model", counting_load)
@@ -404,7 +404,7 @@ def test_bm25_and_hybrid_candidates(tmp_path, beir, bi_encoder, retriever):
 
     model = load_model(bi_encoder)
     r = rows[0]
-    q, n = model.encode([r["query"], r["negatives"][0]], normalize_embeddings=True)
+    q, n = model.st.encode([r["query"], r["negatives"][0]], normalize_embeddings=True)
     assert abs(float(q @ n) - r["negative_scores"][0]) < 1e-4
 
 
@@ -497,13 +497,13 @@ def test_hybrid_teacher_fuses_bm25_and_cosine_in_cosine_units(tmp_path, beir, bi
     corpus = load_corpus(beir)
     texts = [d.full_text for d in corpus.values()]
     model = load_model(bi_encoder)
-    docs = model.encode(texts, normalize_embeddings=True)
+    docs = model.st.encode(texts, normalize_embeddings=True)
     stemmer = Stemmer.Stemmer("english")
     bm25 = bm25s.BM25(method="lucene", k1=1.5, b=0.75)
     bm25.index(bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False), show_progress=False)
     checked = 0
     for r in rows[:6]:
-        q = model.encode([r["query"]], normalize_embeddings=True)[0]
+        q = model.st.encode([r["query"]], normalize_embeddings=True)[0]
         cos_all = docs @ q
         tokens = bm25s.tokenize([r["query"]], stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)[0]
         bm_all = bm25.get_scores(tokens)

@@ -22,11 +22,29 @@ def test_fingerprint_changes_with_weights(tiny_model_dir, tmp_path):
     assert model_fingerprint(copy) != model_fingerprint(tiny_model_dir)
 
 
-def test_trust_remote_code_off_by_default(tiny_model_dir):
+def test_trust_remote_code_off_by_default(tiny_model_dir, tmp_path):
+    """A model that ships its own code is refused (one line, no traceback) unless the user asks
+    for it; its code never runs by default."""
+    import json
+    import shutil
+
+    from embedtune.errors import ModelError
+
     assert ModelConfig().trust_remote_code is False
     model = load_model(tiny_model_dir)
     info = model_info(ModelConfig(name=tiny_model_dir, query_prompt="query: "), model)
     assert info["dim"] == 32 and info["query_prompt"] == "query: " and len(info["sha256"]) == 64
+
+    remote = tmp_path / "remote"
+    shutil.copytree(tiny_model_dir, remote)
+    config = json.loads((remote / "config.json").read_text())
+    config.update(model_type="embedtune-test-remote", auto_map={"AutoConfig": "remote_code.RemoteConfig", "AutoModel": "remote_code.RemoteModel"})
+    (remote / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "code-ran"
+    (remote / "remote_code.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    with pytest.raises(ModelError, match="ships its own code; pass --trust-remote-code"):
+        load_model(str(remote))
+    assert not marker.exists()
 
 
 def test_missing_local_folder_is_clear(tmp_path):
@@ -39,8 +57,8 @@ def test_missing_local_folder_is_clear(tmp_path):
 @pytest.mark.slow
 def test_packaged_minilm_alias():
     model = load_model("minilm")
-    assert model.get_embedding_dimension() == 384 and model.max_seq_length == 256
-    emb = model.encode(["vitamin d and cancer", "vitamin d lowers cancer risk", "python list sort"], normalize_embeddings=True)
+    assert model.dim == 384 and model.max_seq_length == 256
+    emb = model.st.encode(["vitamin d and cancer", "vitamin d lowers cancer risk", "python list sort"], normalize_embeddings=True)
     sims = emb @ emb.T
     assert sims[0, 1] > sims[0, 2] + 0.2  # real weights, not random
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)

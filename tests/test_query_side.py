@@ -19,7 +19,7 @@ from embedtune.encoding import cache_path, encode_corpus, encode_texts
 from embedtune.errors import IndexMismatchError
 from embedtune.index import build_index, open_index, query_index
 from embedtune.io import save_model_atomically
-from embedtune.models import QUERY_SIDE_FILE, document_fingerprint, load_model
+from embedtune.models import QUERY_SIDE_FILE, load_model
 from embedtune.query_side import add_query_adapter, interpolate_query_side, query_adapter
 from embedtune.search import exact_search
 from embedtune.mined import load_mined
@@ -74,8 +74,8 @@ def test_query_side_training_improves_dev_and_leaves_documents_byte_identical(tr
     queries_tuned = encode_texts(tuned, TEXTS, precision="fp32", show_progress=False, task="query")
     assert np.abs(queries_base - queries_tuned).max() > 1e-3  # the adapter moved the queries
     record = json.loads((tmp / "train" / "model" / QUERY_SIDE_FILE).read_text())
-    assert record["document_encoder"]["sha256"] == base.embedtune_fingerprint == document_fingerprint(tuned)
-    assert tuned.embedtune_fingerprint != base.embedtune_fingerprint
+    assert record["document_encoder"]["sha256"] == base.fingerprint == tuned.document_fingerprint
+    assert tuned.fingerprint != base.fingerprint
 
 
 def test_the_tuned_model_reads_the_base_models_cached_corpus(trained, trainable_model_dir, tmp_path):  # noqa: F811
@@ -148,7 +148,7 @@ def test_the_saved_query_model_round_trips_through_sentence_transformers(trained
     plain = SentenceTransformer(str(tmp_path / "copy"), device="cpu")
     base = SentenceTransformer(trainable_model_dir, device="cpu")
     np.testing.assert_array_equal(plain.encode_document(TEXTS), base.encode(TEXTS))
-    np.testing.assert_allclose(plain.encode_query(QUERIES), tuned.encode(QUERIES, task="query"), atol=1e-6)
+    np.testing.assert_allclose(plain.encode_query(QUERIES), tuned.st.encode(QUERIES, task="query"), atol=1e-6)
     assert np.abs(plain.encode_query(QUERIES) - base.encode(QUERIES)).max() > 1e-3
 
 
@@ -175,7 +175,7 @@ def test_the_encoder_kind_trains_a_query_copy_and_keeps_documents(trainable_mode
     manifest = train_model(cfg, mined, tmp_path / "train", progress=False)
     assert manifest["metrics"]["steps"] > 0
     base, tuned = load_model(trainable_model_dir), load_model(str(tmp_path / "train" / "model"))
-    assert tuned.embedtune_query_side["kind"] == "encoder" and document_fingerprint(tuned) == base.embedtune_fingerprint
+    assert tuned.query_side["kind"] == "encoder" and tuned.document_fingerprint == base.fingerprint
     docs = encode_texts(base, TEXTS, precision="fp32", show_progress=False)
     assert encode_texts(tuned, TEXTS, precision="fp32", show_progress=False).tobytes() == docs.tobytes()
     moved = encode_texts(tuned, QUERIES, precision="fp32", show_progress=False, task="query")
@@ -184,3 +184,17 @@ def test_the_encoder_kind_trains_a_query_copy_and_keeps_documents(trainable_mode
     np.testing.assert_allclose(back, encode_texts(base, QUERIES, precision="fp32", show_progress=False), atol=1e-6)
     plain = SentenceTransformer(str(tmp_path / "train" / "model"), device="cpu")  # loads without embedtune
     np.testing.assert_allclose(plain.encode_query(QUERIES), moved, atol=1e-5)
+
+
+def test_merge_refuses_a_query_side_model_and_says_what_merges_it(trained, trainable_model_dir, tmp_path):  # noqa: F811
+    from typer.testing import CliRunner
+
+    from embedtune.cli import app
+
+    tmp, _, _ = trained
+    res = CliRunner().invoke(app, ["merge", "--base", trainable_model_dir, "--model", str(tmp / "train" / "model"),
+                                   "--alpha", "0.5", "--out", str(tmp_path / "merged")])
+    assert res.exit_code == 5, res.output
+    errors = [line for line in res.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "query-side model" in errors[0] and "select stage" in errors[0]
+    assert not (tmp_path / "merged").exists()

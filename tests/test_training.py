@@ -278,7 +278,7 @@ def test_train_command_writes_model_manifest_and_curve(tmp_path, trainable_model
     from embedtune.models import load_model
 
     tuned = load_model(str(out / "model"))
-    assert list((out / "model").glob("*.safetensors")) and tuned.encode(["protein cell"]).shape == (1, 32)
+    assert list((out / "model").glob("*.safetensors")) and tuned.st.encode(["protein cell"]).shape == (1, 32)
     assert _max_diff(_weights(out / "model"), _weights(trainable_model_dir)) > 0
 
     again = CliRunner().invoke(app, args)  # same config and inputs: done already
@@ -293,13 +293,42 @@ def test_train_command_writes_model_manifest_and_curve(tmp_path, trainable_model
     ids=["cached_mnrl", "gist", "margin_mse", "matryoshka"],
 )
 def test_every_loss_trains(tmp_path, trainable_model_dir, loss):
+    from embedtune.training import trainer
+
     data = make_mined(tmp_path / "m", with_ce=True)
     negatives = 1 if loss["name"] == "gist" else 2  # GISTEmbedLoss takes one hard negative at most
     cfg = _cfg(trainable_model_dir, loss=loss, negatives_per_query=negatives, max_steps=3, dev={"enabled": False}, logging_steps=1)
-    manifest = train_model(cfg, data, tmp_path / "run", progress=False)
+    built = []
+    real = trainer.build_loss
+    with mock.patch.object(trainer, "build_loss", side_effect=lambda *a, **k: built.append(real(*a, **k)) or built[-1]):
+        manifest = train_model(cfg, data, tmp_path / "run", progress=False)
+    expected = {"cached_mnrl": "CachedMultipleNegativesRankingLoss", "gist": "GISTEmbedLoss", "margin_mse": "MarginMSELoss",
+                "mnrl": "MatryoshkaLoss"}[loss["name"]]
+    assert [type(b).__name__ for b in built] == [expected]  # the loss asked for, no silent fallback
+    if expected == "MatryoshkaLoss":
+        assert type(built[0].loss).__name__ in ("KnownPositivesMNRL", "MultipleNegativesRankingLoss")
+        assert list(built[0].matryoshka_dims) == [32, 16]
     losses = [p["loss"] for p in manifest["metrics"]["training_curve"]["rounds"][0]["loss"]]
     assert len(losses) == 3 and all(v == v and v >= 0 for v in losses)  # finite, logged every step
     assert _max_diff(_weights(tmp_path / "run" / "model"), _weights(trainable_model_dir)) > 0
+
+
+def test_early_stopping_fires_and_the_best_checkpoint_is_the_model(tmp_path, trainable_model_dir):
+    """A learning rate too high for the model: dev nDCG@10 stops improving, early stopping ends the
+    run before max_steps, and the saved model is the best evaluated checkpoint's weights, not the
+    last step's (early stopping fires only after evaluations that were not the best)."""
+    data = make_mined(tmp_path / "m")
+    cfg = _cfg(trainable_model_dir, max_steps=40, learning_rate=0.05, warmup_ratio=0.0, keep_checkpoints=True,
+               dev={"eval_steps": 1, "early_stopping_patience": 2})
+    manifest = train_model(cfg, data, tmp_path / "run", progress=False)
+    dev = [p for p in manifest["metrics"]["training_curve"]["rounds"][0]["dev"] if p["step"] >= 1]  # step 0: the base
+    steps = manifest["metrics"]["steps"]
+    best = max(dev, key=lambda p: p["ndcg@10"])
+    assert steps < 40 and dev[-1]["step"] == steps  # stopped early
+    assert best["step"] < steps and all(p["ndcg@10"] <= best["ndcg@10"] for p in dev if p["step"] > best["step"])
+    model = _weights(tmp_path / "run" / "model")
+    assert _max_diff(model, _weights(tmp_path / "run" / "checkpoints" / f"checkpoint-{best['step']}")) == 0
+    assert _max_diff(model, _weights(tmp_path / "run" / "checkpoints" / f"checkpoint-{steps}")) > 0
 
 
 def test_prompts_are_applied_to_queries_and_documents(tmp_path, trainable_model_dir):
@@ -357,7 +386,16 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(tmp_path, trainable_
     cut_short = ckpts / "checkpoint-6"
     shutil.copytree(ckpts / "checkpoint-4", cut_short)
     (cut_short / "trainer_state.json").unlink()
-    resumed = train_model(cfg, data, tmp_path / "killed", resume=True, progress=False)
+    from transformers import TrainerCallback
+
+    class CountSteps(TrainerCallback):
+        steps = 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            CountSteps.steps += 1
+
+    resumed = train_model(cfg, data, tmp_path / "killed", resume=True, progress=False, callbacks=[CountSteps()])
+    assert CountSteps.steps == 4  # from checkpoint-4 (the cut-short checkpoint-6 is dropped) to step 8, not from 0
 
     assert _max_diff(_weights(tmp_path / "straight" / "model"), _weights(tmp_path / "killed" / "model")) < 1e-6
     a, b = straight["metrics"]["training_curve"]["rounds"][0], resumed["metrics"]["training_curve"]["rounds"][0]

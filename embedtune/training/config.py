@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from ..config import ModelConfig, Precision, StrictModel
-from ..encoding import cpu_has_bf16
+from ..precision import resolve_precision
 from ..losses import LossConfig
 
 
@@ -59,7 +59,7 @@ class TrainConfig(StrictModel):
     max_grad_norm: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~30% slower.")
     precision: Precision = Field(
-        "auto", description="Training autocast: 'auto' = bf16/fp16 on CUDA, see AUTO_CPU_PRECISION for CPU."
+        "auto", description="Training autocast: 'auto' = bf16/fp16 on CUDA, see embedtune.precision.AUTO_TRAINING_CPU for CPU."
     )
     sampler: Literal["no_duplicates", "random"] = Field(
         "no_duplicates", description="no_duplicates: a text never appears twice in a batch (no false in-batch negatives)."
@@ -98,22 +98,9 @@ class TrainConfig(StrictModel):
 
 
 
-# precision="auto" for training on CPU (where the CPU has native bf16; otherwise fp32). bf16
-# autocast is 2.2x faster per step on this Zen 5 CPU (eval/results/training_precision.json) and
-# trains models as good as fp32: the full SciFact recipe (configs/scifact.yaml) gave tuned nDCG@10
-# 0.7092 in bf16 vs 0.7083 in fp32 (train 20 vs 34 min), the demo recipe 0.6948 vs 0.6945.
-AUTO_CPU_PRECISION = "bf16"
-
-
-
-def resolve_precision(precision: str) -> str:
-    """'auto' -> what was measured to be best for training on this device."""
+def resolve_training_precision(precision: str) -> str:
+    """The training autocast ``precision`` resolves to on this machine's training device
+    (:func:`embedtune.precision.resolve_precision`, the one resolver)."""
     import torch
 
-    if precision != "auto":
-        return precision
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if AUTO_CPU_PRECISION == "bf16" and not cpu_has_bf16():
-        return "fp32"
-    return AUTO_CPU_PRECISION
+    return resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu", training=True)

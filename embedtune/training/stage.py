@@ -16,7 +16,7 @@ from ..io import TMP_PREFIX, atomic_write_json
 from ..run_folder import hash_path, prepare_run_folder, read_manifest, stage_key, write_manifest
 from ..mined import load_mined
 from .checkpoints import drop_checkpoints
-from .config import TrainConfig, resolve_precision
+from .config import TrainConfig, resolve_training_precision
 from .curve import plot_curve
 from .dev import make_dev_split
 from .processes import is_main_process
@@ -88,7 +88,7 @@ def train_model(
         corpus, _ = mined_corpus(data)
         queries, relevant = query_positives(data, dev.exclude_query_ids if dev else set(), corpus)
         trained = train_query_side(cfg, corpus, queries, relevant, dev.queries if dev else None, dev.relevant if dev else None,
-                                   out / "model", precision=resolve_precision(cfg.precision), progress=progress)
+                                   out / "model", precision=resolve_training_precision(cfg.precision), progress=progress)
         stats = {"mined_rows": data.num_rows, "train_queries": len(queries), "train_rows": len(queries),
                  "corpus_documents": len(corpus), "best_step": trained["best_step"], "documents_encoded_by_new_model": 0}
         result = RoundResult(model_dir=out / "model", best_dev=trained["best_dev"], base_dev=trained["base_dev"],

@@ -18,7 +18,7 @@ from ..io import save_model_atomically
 from ..losses import build_loss
 from ..mined import MinedData
 from .checkpoints import is_final_step, last_checkpoint, trainer_state
-from .config import TrainConfig, resolve_precision
+from .config import TrainConfig, resolve_training_precision
 from .curve import training_curve
 from .dev import NDCG_KEY, base_dev_score, dev_evaluator, make_dev_split
 from .processes import world_size
@@ -59,7 +59,7 @@ def _training_args(cfg: TrainConfig, ckpt_dir: Path, *, num_rows: int, dev: bool
     total = cfg.max_steps or math.ceil(per_epoch * cfg.epochs)
     eval_steps = cfg.dev.eval_steps or max(1, total // cfg.dev.evaluations)
     save_steps = eval_steps if dev else (cfg.save_steps or 100)  # load_best_model_at_end needs save == eval steps
-    precision = resolve_precision(cfg.precision)
+    precision = resolve_training_precision(cfg.precision)
     cuda = torch.cuda.is_available()
     return SentenceTransformerTrainingArguments(
         output_dir=str(ckpt_dir),
@@ -184,8 +184,8 @@ def train_round(
     train_ds = Dataset.from_dict(rows.columns)
 
     model_cfg = cfg.model.model_copy(update={"name": model_name})
-    model = load_model(model_cfg)
-    guide = load_model(model_cfg) if cfg.loss.name == "gist" else None
+    model = load_model(model_cfg).st  # the trainer takes the sentence-transformers model itself
+    guide = load_model(model_cfg).st if cfg.loss.name == "gist" else None
     loss = build_loss(model, cfg.loss, guide=guide, distributed=world_size() > 1, known_positives=known)
 
     ckpt_dir = work_dir / "checkpoints"
@@ -198,7 +198,7 @@ def train_round(
         cfg, ckpt_dir, num_rows=len(train_ds), dev=dev is not None,
         prompts=_prompts(train_ds.column_names, cfg.model),
     )
-    evaluator = dev_evaluator(dev, cfg.model, resolve_precision(cfg.precision)) if dev else None
+    evaluator = dev_evaluator(dev, cfg.model, resolve_training_precision(cfg.precision)) if dev else None
     all_callbacks = list(callbacks or [])
     if dev and cfg.dev.early_stopping_patience:
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.dev.early_stopping_patience))
