@@ -1,6 +1,11 @@
 """Peak resident memory of this process, per stage: Linux keeps the high-water mark (``VmHWM``) and
 lets a process reset it (``/proc/self/clear_refs``), so each stage's peak is its own, not the
-largest of the stages before it. Elsewhere the process' lifetime peak (``getrusage``)."""
+largest of the stages before it. Elsewhere the process' lifetime peak (``getrusage``).
+
+Between stages the memory a finished stage freed is handed back to the system
+(:func:`release_freed_memory`): glibc keeps freed heap in its arenas, so without it every stage
+after training would start at training's high-water mark (measured on the demo: select, index,
+eval and export all peaked at 5.5-5.8 GB, training's 5.5 GB plus their own)."""
 
 from __future__ import annotations
 
@@ -8,6 +13,23 @@ import sys
 from pathlib import Path
 
 _STATUS, _CLEAR = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and return freed heap to the system (glibc ``malloc_trim``; a no-op elsewhere)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        trim = getattr(libc, "malloc_trim", None)
+        if trim is not None:
+            trim(0)
+    except OSError:
+        pass
 
 
 def reset_peak_rss() -> None:

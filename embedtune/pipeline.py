@@ -34,7 +34,7 @@ from .config import CorpusConfig, ModelConfig, StrictModel, build_config, deep_m
 from .corpus import parse_benchmark_source
 from .errors import ConfigError
 from .io import remove_stale_temp_files
-from .peak_memory import peak_rss_mb, reset_peak_rss
+from .peak_memory import peak_rss_mb, release_freed_memory, reset_peak_rss
 from .run_folder import RunFolder
 
 log = logging.getLogger("embedtune")
@@ -325,6 +325,7 @@ class Pipeline:
             if on_stage:
                 on_stage(stage.name, "start")
             before = self.folder.manifest_hash(stage.name)
+            release_freed_memory()  # what earlier stages freed: each stage's peak is its own
             reset_peak_rss()
             t0 = time.perf_counter()
             results[stage.name] = stage.run(self, self.configs[stage.name], rerun, progress)
