@@ -1,8 +1,9 @@
 """``embedtune run CONFIG.yaml``: mine -> train -> select -> index -> eval -> export, in one run folder.
 
 The pipeline only composes the stages' public functions. It is :data:`STAGE_TABLE` -- per stage
-its name, how its config is built from the run's YAML, the function that runs it, the earlier
-stages it reads and what it leaves in ``RUN/<stage>/`` -- walked by one loop (:meth:`Pipeline.run`).
+its name, how its config is built from the run's YAML and the function that runs it (its inputs:
+the earlier stages' folders; its outputs: ``RUN/<stage>/``, listed in ``run_folder.STAGE_ARTIFACTS``)
+-- walked by one loop (:meth:`Pipeline.run`).
 Each stage keeps its own manifest and skips itself when its config and inputs did not change
 (:mod:`embedtune.run_folder`). The pipeline adds:
 
@@ -77,12 +78,12 @@ def load_pipeline_config(path: str | Path, overrides: dict[str, Any] | None = No
 @dataclass(frozen=True)
 class Stage:
     """One row of the stage table: its config is built from the run's YAML by ``config``; ``run``
-    does the work in ``RUN/<name>/`` (``rerun``: ignore what the folder holds)."""
+    does the work in ``RUN/<name>/`` (``rerun``: ignore what the folder holds). A stage's inputs are
+    the folders of the stages before it; what it writes is :data:`run_folder.STAGE_ARTIFACTS`."""
 
     name: str
     config: Callable[["Pipeline"], StrictModel]
     run: Callable[["Pipeline", Any, bool, bool], dict[str, Any]]  # (pipeline, config, rerun, progress)
-    reads: tuple[str, ...]  # earlier stages whose folders it reads
 
 
 def _mine_config(p: "Pipeline") -> StrictModel:
@@ -188,12 +189,12 @@ def _export(p: "Pipeline", cfg: Any, rerun: bool, progress: bool) -> dict[str, A
 
 
 STAGE_TABLE = (
-    Stage("mine", _mine_config, _mine, reads=()),
-    Stage("train", _train_config, _train, reads=("mine",)),
-    Stage("select", _select_config, _select, reads=("mine", "train")),
-    Stage("index", _index_config, _index, reads=("select",)),
-    Stage("eval", _eval_config, _eval, reads=("mine", "train", "select", "index")),
-    Stage("export", _export_config, _export, reads=("train", "select", "index", "eval")),
+    Stage("mine", _mine_config, _mine),
+    Stage("train", _train_config, _train),
+    Stage("select", _select_config, _select),
+    Stage("index", _index_config, _index),
+    Stage("eval", _eval_config, _eval),
+    Stage("export", _export_config, _export),
 )
 STAGES = tuple(s.name for s in STAGE_TABLE)
 
@@ -316,7 +317,6 @@ class Pipeline:
             if stage.name not in self.configs:
                 continue
             forced = forced or stage.name == from_stage
-            # every earlier stage, not only ``reads``: the hash run folders were made with
             upstream = self.folder.upstream_hash(STAGES[: STAGES.index(stage.name)])
             record = state["stages"].get(stage.name, {})
             rerun = overwrite or forced or record.get("upstream") != upstream
