@@ -20,7 +20,7 @@ import typer
 from typer.core import TyperCommand
 
 MODEL_HELP = "Model: a local sentence-transformers folder, a Hugging Face id, or 'minilm' (packaged all-MiniLM-L6-v2)."
-PRECISION_HELP = "Encoding precision: auto | fp32 | bf16 | fp16 (CUDA) | int8 (CPU, onnxruntime; pip install 'embedtune[onnx]')."
+PRECISION_HELP = "Encoding precision: auto | fp32 | bf16 | fp16 (CUDA) | int8 (CPU, onnxruntime; pip install 'embedtune\\[onnx]')."
 
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last stdout line; nothing else goes to stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars and no info lines (warnings and errors still go to stderr).")]
