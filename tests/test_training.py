@@ -490,3 +490,21 @@ def test_training_reports_loss_in_embedtune_log_lines_not_raw_dicts(tmp_path, tr
     steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert steps == (["step 1/2: " + steps[0].split(": ", 1)[1], "step 2/2: " + steps[1].split(": ", 1)[1]] if progress else [])
     assert not progress or all("loss " in s for s in steps)
+
+
+def test_attention_dropout_setting_reaches_every_attention_layer(tmp_path, trainable_model_dir):
+    """train.attention_dropout: 0 switches off the dropout on attention probabilities (what keeps
+    torch's fused attention from running) in every layer, and the saved config says so."""
+    data = make_mined(tmp_path / "m")
+    cfg = _cfg(trainable_model_dir, attention_dropout=0.0, max_steps=1, dev={"enabled": False})
+    train_model(cfg, data, tmp_path / "run", progress=False)
+    saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert saved["attention_probs_dropout_prob"] == 0.0 and saved["hidden_dropout_prob"] > 0
+    from sentence_transformers import SentenceTransformer
+
+    from embedtune.training.trainer import set_attention_dropout
+
+    model = SentenceTransformer(trainable_model_dir, device="cpu")
+    layers = model[0].auto_model.config.num_hidden_layers
+    assert set_attention_dropout(model, 0.0) == layers
+    assert all(m.dropout.p == 0.0 for m in model.modules() if type(m).__name__.endswith("SelfAttention"))

@@ -114,6 +114,27 @@ class RoundResult:
 
 
 
+def set_attention_dropout(model, p: float) -> int:  # noqa: ANN001
+    """Set the dropout on attention probabilities of every attention layer (and the config, so the
+    saved model says what it was trained with). Returns how many layers were changed.
+
+    Why: with that dropout on, torch's fused CPU attention cannot run and each layer keeps its
+    attention matrices for the backward pass (eval/bench_memory.py)."""
+    import torch
+
+    changed = 0
+    for module in model.modules():
+        if "Attention" in type(module).__name__ and isinstance(getattr(module, "dropout", None), torch.nn.Dropout):
+            module.dropout.p = p
+            changed += 1
+    for transformer in model.modules():
+        config = getattr(transformer, "config", None)
+        for key in ("attention_probs_dropout_prob", "attention_dropout"):
+            if config is not None and hasattr(config, key) and not isinstance(getattr(config, key), bool):
+                setattr(config, key, p)
+    return changed
+
+
 def _log_in_one_voice(trainer, show_progress: bool) -> None:
     """transformers' own progress -- a tqdm bar with raw ``{'loss': ...}`` dicts written under it,
     or ``print(dict)`` to stdout when the bar is off -- replaced by embedtune's display: one bar
@@ -185,6 +206,8 @@ def train_round(
 
     model_cfg = cfg.model.model_copy(update={"name": model_name})
     model = load_model(model_cfg).st  # the trainer takes the sentence-transformers model itself
+    if cfg.attention_dropout is not None:
+        log.info("attention dropout %.2f in %d layers", cfg.attention_dropout, set_attention_dropout(model, cfg.attention_dropout))
     guide = load_model(model_cfg).st if cfg.loss.name == "gist" else None
     loss = build_loss(model, cfg.loss, guide=guide, distributed=world_size() > 1, known_positives=known)
 

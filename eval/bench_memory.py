@@ -1,0 +1,74 @@
+"""Where training memory goes: peak resident memory and time of one training forward + backward of
+the encoder, by attention implementation and attention-probability dropout.
+
+Finding (issue #16: the SciFact recipe peaked at 10.7 GB): with dropout on the attention
+probabilities (MiniLM's config: 0.1), torch's fused CPU attention cannot be used and every layer
+keeps its (sequences x heads x tokens x tokens) attention matrices for the backward pass; without
+that dropout (the hidden-state dropout stays) the fused kernel runs.
+
+    python eval/bench_memory.py --json
+    python eval/bench_memory.py --sequences 96 --tokens 256 --json   # the SciFact recipe's step
+
+Each configuration runs in its own process (a peak is a process' high-water mark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+CONFIGS = [("sdpa", True), ("eager", True), ("sdpa", False)]
+
+CHILD = r"""
+import json, sys, time, torch
+from sentence_transformers import SentenceTransformer
+from embedtune.models import resolve_model_path
+from embedtune.peak_memory import peak_rss_mb, release_freed_memory, reset_peak_rss
+from embedtune.training.trainer import set_attention_dropout
+model_name, impl, dropout, n, tokens, threads = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+m = SentenceTransformer(str(resolve_model_path(model_name)), device="cpu", model_kwargs={"attn_implementation": impl})
+m.max_seq_length = tokens
+if not dropout:
+    set_attention_dropout(m, 0.0)
+m.train()
+feats = m.preprocess(["word " * (tokens + 50) for _ in range(n)])
+release_freed_memory()
+reset_peak_rss()
+before = peak_rss_mb()
+t0 = time.perf_counter()
+m(feats)["sentence_embedding"].sum().backward()
+seconds = time.perf_counter() - t0
+print(json.dumps({"attention": impl, "attention_dropout": dropout, "peak_extra_mb": round(peak_rss_mb() - before), "resident_before_mb": round(before), "seconds": round(seconds, 2)}))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="minilm")
+    ap.add_argument("--sequences", type=int, default=24, help="Texts in the step (a training batch of 32 rows x (query, positive, negative) is 96).")
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", action="store_true", help="Print one JSON object as the last stdout line.")
+    args = ap.parse_args()
+    rows = []
+    for impl, dropout in CONFIGS:
+        out = subprocess.run([sys.executable, "-c", CHILD, args.model, impl, "1" if dropout else "0", str(args.sequences), str(args.tokens),
+                              str(args.threads)], capture_output=True, text=True, check=True, env={"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
+                                                                                                   **__import__("os").environ})
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        r = rows[-1]
+        print(f"{impl:6s} attention dropout {'on ' if dropout else 'off'}: +{r['peak_extra_mb']} MB peak, {r['seconds']:.1f} s", file=sys.stderr)
+    ref = rows[0]
+    summary = {"model": args.model, "sequences": args.sequences, "tokens": args.tokens, "threads": args.threads, "runs": rows,
+               "memory_ratio_no_attention_dropout": round(rows[2]["peak_extra_mb"] / ref["peak_extra_mb"], 3),
+               "speedup_no_attention_dropout": round(ref["seconds"] / rows[2]["seconds"], 2)}
+    if args.json:
+        print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
