@@ -241,15 +241,21 @@ def beir_splits(path: Path) -> list[str]:
     return sorted(p.stem for p in qdir.glob("*.tsv")) if qdir.is_dir() else []
 
 
+def qrels_file(path: Path, split: str) -> Path:
+    """``path/qrels/<split>.tsv``, or a one-line error naming the splits there are."""
+    qrels_path = Path(path) / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        available = ", ".join(beir_splits(Path(path))) or "none"
+        raise InputError(f"split '{split}' not found (available: {available})", file=qrels_path)
+    return qrels_path
+
+
 def load_beir(path: str | Path, split: str = "test", *, skip_unknown_ids: bool = False) -> BeirDataset:
     """Load one split of a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``)."""
     path = Path(path)
     if not path.is_dir():
         raise InputError("BEIR dataset folder not found", file=path)
-    qrels_path = path / "qrels" / f"{split}.tsv"
-    if not qrels_path.is_file():
-        available = ", ".join(beir_splits(path)) or "none"
-        raise InputError(f"split '{split}' not found (available: {available})", file=qrels_path)
+    qrels_path = qrels_file(path, split)
     corpus = load_beir_corpus(path / "corpus.jsonl")
     queries = load_queries(path / "queries.jsonl")
     qrels, skipped = load_qrels(qrels_path, query_ids=set(queries), doc_ids=set(corpus), skip_unknown_ids=skip_unknown_ids)

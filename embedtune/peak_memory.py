@@ -18,18 +18,13 @@ _STATUS, _CLEAR = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 def release_freed_memory() -> None:
     """Collect garbage and return freed heap to the system (glibc ``malloc_trim``; a no-op elsewhere)."""
     import ctypes
-    import ctypes.util
     import gc
 
     gc.collect()
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        trim = getattr(libc, "malloc_trim", None)
-        if trim is not None:
-            trim(0)
-    except OSError:
-        pass
+    # the process' own symbols: glibc's malloc_trim where there is one (no ldconfig lookup per stage)
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def reset_peak_rss() -> None:

@@ -36,7 +36,7 @@ from .corpus import parse_benchmark_source
 from .errors import ConfigError
 from .io import remove_stale_temp_files
 from .peak_memory import peak_rss_mb, release_freed_memory, reset_peak_rss
-from .run_folder import RunFolder
+from .run_folder import RunFolder, read_manifest
 
 log = logging.getLogger("embedtune")
 
@@ -237,7 +237,7 @@ class Pipeline:
         """Read every input the stages will need, so a bad file fails before the first stage:
         models and teachers, the corpus, and the benchmark's queries and qrels of every split the
         run uses (a qrels row naming an unknown document would stop the run at eval otherwise)."""
-        from .corpus import beir_splits, load_beir_corpus, load_qrels, load_queries
+        from .corpus import load_beir_corpus, load_qrels, load_queries, qrels_file
         from .mining.inputs import load_mining_inputs
         from .models import resolve_model_path
 
@@ -257,12 +257,7 @@ class Pipeline:
             folder = Path(source)
             if folder not in ids:
                 ids[folder] = (set(load_queries(folder / "queries.jsonl")), set(load_beir_corpus(folder / "corpus.jsonl")))
-            qrels = folder / "qrels" / f"{split}.tsv"
-            if not qrels.is_file():
-                from .errors import InputError
-
-                raise InputError(f"split '{split}' not found (available: {', '.join(beir_splits(folder)) or 'none'})", file=qrels)
-            load_qrels(qrels, query_ids=ids[folder][0], doc_ids=ids[folder][1], skip_unknown_ids=skip)
+            load_qrels(qrels_file(folder, split), query_ids=ids[folder][0], doc_ids=ids[folder][1], skip_unknown_ids=skip)
 
     def dev_split(self):
         """The training's dev split (seeded, so the same queries training held out), made once per
@@ -350,7 +345,6 @@ def remining(mined: str | Path) -> Callable[[str, Path], Path]:
     """Re-mining between training rounds (ANCE): the same pairs, mined again with the round's
     model and the settings of the first mining run (its manifest's config)."""
     from .mining import MineConfig, mine_hard_negatives
-    from .run_folder import read_manifest
 
     mined = Path(mined)
     manifest = read_manifest(mined) or {}

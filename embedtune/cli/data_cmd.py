@@ -10,7 +10,6 @@ from rich.table import Table
 from ..corpus import beir_splits
 from . import options as opt
 from .app import app, command, console, emit_json
-from .options import MODEL_HELP
 
 data_app = typer.Typer(help="Look at datasets before training on them.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -20,7 +19,7 @@ app.add_typer(data_app, name="data")
 @command
 def inspect_command(
     path: Path = typer.Argument(..., help="BEIR folder, corpus (.jsonl/.csv/.parquet/folder of .txt/.md) or pairs .jsonl."),
-    model: str = typer.Option("minilm", "--model", "-m", help=MODEL_HELP + " Its tokenizer measures lengths."),
+    model: str = typer.Option("minilm", "--model", "-m", help=opt.MODEL_HELP + " Its tokenizer measures lengths."),
     max_seq_length: int = typer.Option(None, "--max-seq-length", help="The token limit truncation is checked against (default: the model's)."),
     strict: bool = typer.Option(False, "--strict", help="Refuse documents with neither title nor text (default: report them)."),
     as_json: opt.Json = False,

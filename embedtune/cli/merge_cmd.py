@@ -9,13 +9,12 @@ import typer
 
 from . import options as opt
 from .app import app, command, console, emit_json
-from .options import MODEL_HELP
 
 
 @app.command("merge")
 @command
 def merge_command(
-    base: str = typer.Option("minilm", "--base", help=MODEL_HELP + " The model the tuned ones started from."),
+    base: str = typer.Option("minilm", "--base", help=opt.MODEL_HELP + " The model the tuned ones started from."),
     models: List[str] = typer.Option(..., "--model", "-m", help="A tuned model folder; repeat to average several (same base)."),
     alpha: float = typer.Option(..., "--alpha", help="0 = the base, 1 = the (mean) tuned model, between = interpolation."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the merged sentence-transformers model (safetensors)."),
