@@ -19,7 +19,8 @@ import json
 import subprocess
 import sys
 
-CONFIGS = [("sdpa", True), ("eager", True), ("sdpa", False)]
+# (attention implementation, attention-probability dropout, gradient checkpointing)
+CONFIGS = [("sdpa", True, False), ("eager", True, False), ("sdpa", False, False), ("sdpa", False, True)]
 
 CHILD = r"""
 import json, sys, time, torch
@@ -27,13 +28,15 @@ from sentence_transformers import SentenceTransformer
 from embedtune.models import resolve_model_path
 from embedtune.peak_memory import peak_rss_mb, release_freed_memory, reset_peak_rss
 from embedtune.training.trainer import set_attention_dropout
-model_name, impl, dropout, n, tokens, threads = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+model_name, impl, dropout, n, tokens, threads, checkpointing = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), sys.argv[7] == "1"
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 m = SentenceTransformer(str(resolve_model_path(model_name)), device="cpu", model_kwargs={"attn_implementation": impl})
 m.max_seq_length = tokens
 if not dropout:
     set_attention_dropout(m, 0.0)
+if checkpointing:  # what train.gradient_checkpointing asks of the trainer (it calls this on the model)
+    m.gradient_checkpointing_enable()
 m.train()
 feats = m.preprocess(["word " * (tokens + 50) for _ in range(n)])
 release_freed_memory()
@@ -42,7 +45,7 @@ before = peak_rss_mb()
 t0 = time.perf_counter()
 m(feats)["sentence_embedding"].sum().backward()
 seconds = time.perf_counter() - t0
-print(json.dumps({"attention": impl, "attention_dropout": dropout, "peak_extra_mb": round(peak_rss_mb() - before), "resident_before_mb": round(before), "seconds": round(seconds, 2)}))
+print(json.dumps({"attention": impl, "attention_dropout": dropout, "gradient_checkpointing": checkpointing, "peak_extra_mb": round(peak_rss_mb() - before), "resident_before_mb": round(before), "seconds": round(seconds, 2)}))
 """
 
 
@@ -55,17 +58,20 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="Print one JSON object as the last stdout line.")
     args = ap.parse_args()
     rows = []
-    for impl, dropout in CONFIGS:
+    for impl, dropout, checkpointing in CONFIGS:
         out = subprocess.run([sys.executable, "-c", CHILD, args.model, impl, "1" if dropout else "0", str(args.sequences), str(args.tokens),
-                              str(args.threads)], capture_output=True, text=True, check=True, env={"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
+                              str(args.threads), "1" if checkpointing else "0"], capture_output=True, text=True, check=True, env={"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
                                                                                                    **__import__("os").environ})
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         r = rows[-1]
-        print(f"{impl:6s} attention dropout {'on ' if dropout else 'off'}: +{r['peak_extra_mb']} MB peak, {r['seconds']:.1f} s", file=sys.stderr)
+        print(f"{impl:6s} attention dropout {'on ' if dropout else 'off'}{', gradient checkpointing' if checkpointing else ''}: "
+              f"+{r['peak_extra_mb']} MB peak, {r['seconds']:.1f} s", file=sys.stderr)
     ref = rows[0]
     summary = {"model": args.model, "sequences": args.sequences, "tokens": args.tokens, "threads": args.threads, "runs": rows,
                "memory_ratio_no_attention_dropout": round(rows[2]["peak_extra_mb"] / ref["peak_extra_mb"], 3),
-               "speedup_no_attention_dropout": round(ref["seconds"] / rows[2]["seconds"], 2)}
+               "speedup_no_attention_dropout": round(ref["seconds"] / rows[2]["seconds"], 2),
+               "memory_ratio_no_attention_dropout_checkpointing": round(rows[3]["peak_extra_mb"] / ref["peak_extra_mb"], 3),
+               "speedup_no_attention_dropout_checkpointing": round(ref["seconds"] / rows[3]["seconds"], 2)}
     if args.json:
         print(json.dumps(summary))
 

@@ -493,13 +493,18 @@ def test_training_reports_loss_in_embedtune_log_lines_not_raw_dicts(tmp_path, tr
 
 
 def test_attention_dropout_setting_reaches_every_attention_layer(tmp_path, trainable_model_dir):
-    """train.attention_dropout: 0 switches off the dropout on attention probabilities (what keeps
-    torch's fused attention from running) in every layer, and the saved config says so."""
+    """train.attention_dropout: 0 (the default) switches off the dropout on attention probabilities
+    (what keeps torch's fused attention from running) in every layer, and the saved config says so;
+    null keeps the model's own."""
     data = make_mined(tmp_path / "m")
-    cfg = _cfg(trainable_model_dir, attention_dropout=0.0, max_steps=1, dev={"enabled": False})
-    train_model(cfg, data, tmp_path / "run", progress=False)
-    saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
-    assert saved["attention_probs_dropout_prob"] == 0.0 and saved["hidden_dropout_prob"] > 0
+    own = json.loads((Path(trainable_model_dir) / "config.json").read_text())["attention_probs_dropout_prob"]
+    assert own > 0
+    for setting, expected in ((None, own), ("default", 0.0)):
+        extra = {} if setting == "default" else {"attention_dropout": setting}
+        cfg = _cfg(trainable_model_dir, max_steps=1, dev={"enabled": False}, **extra)
+        train_model(cfg, data, tmp_path / f"run-{setting}", progress=False)
+        saved = json.loads((tmp_path / f"run-{setting}" / "model" / "config.json").read_text())
+        assert saved["attention_probs_dropout_prob"] == expected and saved["hidden_dropout_prob"] > 0
     from sentence_transformers import SentenceTransformer
 
     from embedtune.training.trainer import set_attention_dropout
