@@ -1,0 +1,102 @@
+"""Benchmark: what weight merging does in domain and out of domain (WiSE-FT / LM-Cocktail).
+
+A model tuned on one collection is merged with its base at each alpha (0 = the base, 1 = the tuned
+model; ``embedtune.merging.merge_folders``, what ``embedtune merge`` and the select stage do) and
+every merge is evaluated on the tuned model's own test split and on collections it never saw (by
+default NFCorpus' test split and the demo docstring corpus' test split). Each row: nDCG@10 with
+the 95% CI and p of the paired randomization test against the base model (``embedtune.evaluation``,
+what ``embedtune eval`` prints).
+
+The question it answers: how much of the in-domain gain a merge keeps, and how much of the
+out-of-domain loss (if any) it removes.
+
+Writes eval/results/merge.json; ``--json`` prints one JSON object as the last stdout line.
+
+    python eval/bench_merge.py --tuned runs/scifact/train/model --in-domain ../shared/datasets/scifact --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+RESULTS = ROOT / "eval" / "results" / "merge.json"
+DATASETS = ROOT.parent / "shared" / "datasets"
+DEMO = "demo"  # the docstring corpus embedtune demo builds
+
+
+def benchmark_folder(name: str, work: Path) -> Path:
+    if name == DEMO:
+        from embedtune.demo_corpus import build_docstring_corpus
+
+        return build_docstring_corpus(work / "docstrings")
+    folder = Path(name)
+    return folder if folder.is_dir() else DATASETS / name
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tuned", required=True, help="the tuned model folder (e.g. RUN/train/model)")
+    parser.add_argument("--base", default="minilm", help="the model it was tuned from")
+    parser.add_argument("--in-domain", required=True, help="BEIR folder or name the model was tuned on (its test split)")
+    parser.add_argument("--out-of-domain", default=f"nfcorpus,{DEMO}", help=f"comma-separated BEIR folders or names; '{DEMO}' = the docstring corpus")
+    parser.add_argument("--alphas", default="0.5,0.75,1.0", help="merge weights (1 = the tuned model); the base (0) is always evaluated")
+    parser.add_argument("--work", default=str(ROOT / "runs" / "bench_merge"), help="folder for the merged models")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.relative_to(ROOT)}")
+    args = parser.parse_args()
+
+    from embedtune.cli.app import setup_logging
+    from embedtune.config import ModelConfig
+    from embedtune.evaluation import HEADLINE, EvalConfig, evaluate
+    from embedtune.merging import merge_folders
+
+    setup_logging()
+    work = Path(args.work).resolve()
+    alphas = [float(a) for a in args.alphas.split(",")]
+    models, labels = [ModelConfig(name=args.base)], ["base"]
+    for alpha in alphas:
+        if alpha == 1.0:
+            models.append(ModelConfig(name=str(Path(args.tuned).resolve())))
+        else:
+            out = work / f"merged-{alpha:g}"
+            if not (out / "modules.json").is_file():  # merging is deterministic: a folder already written is the same
+                merge_folders(ModelConfig(name=args.base), [ModelConfig(name=args.tuned)], alpha, out)
+            models.append(ModelConfig(name=str(out)))
+        labels.append(f"alpha={alpha:g}")
+
+    rows: dict[str, dict] = {}
+    for role, names in (("in-domain", [args.in_domain]), ("out-of-domain", args.out_of_domain.split(","))):
+        for name in names:
+            folder = benchmark_folder(name.strip(), work)
+            t0 = time.perf_counter()
+            results = evaluate(EvalConfig(benchmark=str(folder), split="test", models=models, labels=labels), show_progress=not args.json)
+            by_system = {c["system"]: c for c in results["comparisons"]}
+            row = {"role": role, "queries": results["queries"], "seconds": round(time.perf_counter() - t0, 1), "systems": {}}
+            for s in results["systems"]:
+                entry = {HEADLINE: round(s["metrics"][HEADLINE], 4)}
+                if s["name"] in by_system:
+                    c = by_system[s["name"]]["metrics"][HEADLINE]
+                    entry.update(delta=round(c["delta"], 4), ci95=[round(x, 4) for x in c["ci95"]], p_value=round(c["p_value"], 4))
+                row["systems"][s["name"]] = entry
+            rows[name.strip() if name.strip() == DEMO else folder.name] = row
+            print(f"{folder.name} ({role}): " + ", ".join(f"{k} {v[HEADLINE]:.4f}" + (f" ({v['delta']:+.4f}, p={v['p_value']:.3f})" if "delta" in v else "")
+                                                         for k, v in row["systems"].items()), file=sys.stderr)
+    summary = {"tuned": str(args.tuned), "base": args.base, "metric": HEADLINE, "split": "test", "benchmarks": rows}
+    if not args.no_write:
+        RESULTS.write_text(json.dumps(summary, indent=1) + "\n")
+        print(f"wrote {RESULTS}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
