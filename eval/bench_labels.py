@@ -43,7 +43,8 @@ UNSUPERVISED = ROOT / "configs" / "unsupervised.yaml"
 NOTHING_BEAT_BASE = 8  # `embedtune run`'s documented exit code: the run shipped the base model
 
 
-def read_train_qrels(path: Path) -> tuple[list[str], list[list[str]]]:
+def read_qrels_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    """A qrels TSV as its header and raw rows (written back unchanged for the kept queries)."""
     with path.open(newline="") as f:
         rows = list(csv.reader(f, delimiter="\t"))
     return rows[0], rows[1:]
@@ -53,7 +54,7 @@ def subset_benchmark(benchmark: Path, split: str, n_queries: int, seed: int, out
     """A BEIR folder whose ``split`` qrels keep the judgements of ``n_queries`` seeded training
     queries (all of a query's judgements: a query is labelled or not). Returns the folder and how
     many queries it holds."""
-    header, rows = read_train_qrels(benchmark / "qrels" / f"{split}.tsv")
+    header, rows = read_qrels_rows(benchmark / "qrels" / f"{split}.tsv")
     query_ids = sorted({r[0] for r in rows})
     if n_queries >= len(query_ids):
         return benchmark, len(query_ids)

@@ -29,17 +29,18 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RESULTS = ROOT / "eval" / "results" / "merge.json"
-DATASETS = ROOT.parent / "shared" / "datasets"
 DEMO = "demo"  # the docstring corpus embedtune demo builds
 
 
 def benchmark_folder(name: str, work: Path) -> Path:
+    """The demo corpus (built into ``work``) or a BEIR folder/name resolved as ``embedtune eval`` does."""
     if name == DEMO:
         from embedtune.demo_corpus import build_docstring_corpus
 
         return build_docstring_corpus(work / "docstrings")
-    folder = Path(name)
-    return folder if folder.is_dir() else DATASETS / name
+    from embedtune.corpus import parse_benchmark_source
+
+    return parse_benchmark_source(f"{name}:test")[0]
 
 
 def main() -> None:
@@ -75,8 +76,8 @@ def main() -> None:
 
     rows: dict[str, dict] = {}
     for role, names in (("in-domain", [args.in_domain]), ("out-of-domain", args.out_of_domain.split(","))):
-        for name in names:
-            folder = benchmark_folder(name.strip(), work)
+        for name in (n.strip() for n in names):
+            folder = benchmark_folder(name, work)
             t0 = time.perf_counter()
             results = evaluate(EvalConfig(benchmark=str(folder), split="test", models=models, labels=labels), show_progress=not args.json)
             by_system = {c["system"]: c for c in results["comparisons"]}
@@ -87,7 +88,7 @@ def main() -> None:
                     c = by_system[s["name"]]["metrics"][HEADLINE]
                     entry.update(delta=round(c["delta"], 4), ci95=[round(x, 4) for x in c["ci95"]], p_value=round(c["p_value"], 4))
                 row["systems"][s["name"]] = entry
-            rows[name.strip() if name.strip() == DEMO else folder.name] = row
+            rows[DEMO if name == DEMO else folder.name] = row
             print(f"{folder.name} ({role}): " + ", ".join(f"{k} {v[HEADLINE]:.4f}" + (f" ({v['delta']:+.4f}, p={v['p_value']:.3f})" if "delta" in v else "")
                                                          for k, v in row["systems"].items()), file=sys.stderr)
     summary = {"tuned": str(args.tuned), "base": args.base, "metric": HEADLINE, "split": "test", "benchmarks": rows}
