@@ -12,6 +12,11 @@ re-implements a loss:
 - ``margin_mse``: MarginMSELoss, distillation of a teacher's score margins -- a cross-encoder or
   mining's hybrid BM25 + dense teacher (needs ``teacher_positive_score``/``teacher_negative_scores``
   in the mined data).
+- ``listwise_kl``: DistillKLDivLoss, listwise distillation: the KL divergence between the teacher's
+  and the student's softmax over each query's candidate list (positive + hard negatives), both at
+  temperature 1/``scale``. Where MarginMSE matches each (positive, negative) margin on its own,
+  this matches the whole list's shape, so several negatives per query teach the ordering among
+  them too (Lin et al. 2021, "tightly-coupled teachers"). Same teacher columns as ``margin_mse``.
 
 ``mnrl`` with ``mask_known_positives`` (the default) is sentence-transformers' MNRL that also
 knows the qrels: an in-batch document relevant to a query is not its negative
@@ -37,15 +42,17 @@ if TYPE_CHECKING:
 
     from .masked_mnrl import KnownPositives
 
-LossName = Literal["mnrl", "cached_mnrl", "gist", "margin_mse"]
+LossName = Literal["mnrl", "cached_mnrl", "gist", "margin_mse", "listwise_kl"]
+TEACHER_LOSSES = ("margin_mse", "listwise_kl")  # losses whose labels are the teacher's scores
 
 
 class LossConfig(StrictModel):
     """Which contrastive objective, and its knobs."""
 
-    name: LossName = Field("mnrl", description="mnrl | cached_mnrl | gist | margin_mse.")
+    name: LossName = Field("mnrl", description="mnrl | cached_mnrl | gist | margin_mse | listwise_kl.")
     scale: float = Field(
-        20.0, gt=0, description="Similarity scale = 1/temperature (mnrl, cached_mnrl, gist). 20 = temperature 0.05."
+        20.0, gt=0, description="Similarity scale = 1/temperature (mnrl, cached_mnrl, gist; listwise_kl: "
+        "of both the student's and the teacher's softmax, whose scores are in cosine units). 20 = temperature 0.05."
     )
     mini_batch_size: int = Field(16, gt=0, description="cached_mnrl: rows embedded at once (memory), not the batch size.")
     gist_margin: float = Field(
@@ -110,6 +117,10 @@ def build_loss(
         # The student's dot product (cosine for normalised models) is compared to the teacher's margins:
         # the hybrid teacher's are in cosine units; cross-encoder logits are on their own, wider scale.
         loss = losses.MarginMSELoss(model)
+    elif cfg.name == "listwise_kl":
+        # One temperature for both sides: the hybrid teacher's scores are in cosine units, like the student's.
+        # The loss is scaled by temperature**2 (Hinton et al.), so scale keeps gradients comparable.
+        loss = losses.DistillKLDivLoss(model, temperature=1.0 / cfg.scale)
     else:  # pragma: no cover - Literal validation makes this unreachable
         raise ConfigError(f"unknown loss '{cfg.name}'", field="loss.name")
 

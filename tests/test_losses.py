@@ -1,4 +1,5 @@
-"""KnownPositivesMNRL: the mask it builds from row indices and the loss it gives, by hand."""
+"""Losses checked by hand: KnownPositivesMNRL (the mask it builds from row indices and the loss it
+gives) and listwise_kl (the teacher's and the student's softmax over a candidate list)."""
 
 from __future__ import annotations
 
@@ -65,3 +66,26 @@ def test_rows_are_looked_up_by_the_label_not_by_position(monkeypatch):
     got = loss([{}, {}, {}], torch.tensor([0, 1]))  # q0 knows d1, row 1's positive
     assert loss.masked_candidates == 1
     assert got.item() == pytest.approx(_by_hand(embeddings, np.array([[0, 1, 0, 0], [0, 0, 0, 0]], dtype=bool)).item(), rel=1e-5)
+
+
+def test_listwise_kl_matches_a_hand_computation(monkeypatch):
+    """The teacher's and the student's softmax over (positive, negatives) at temperature 1/scale; KL, x T^2."""
+    from sentence_transformers.sentence_transformer.losses import distill_kl_div
+
+    from embedtune.losses import LossConfig, build_loss
+
+    q = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    pos, neg1, neg2 = torch.tensor([[0.8, 0.6], [0.0, 1.0]]), torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([[0.6, 0.8], [0.8, 0.6]])
+    monkeypatch.setattr(distill_kl_div, "embed_columns", lambda model, features: [q, pos, neg1, neg2])
+    teacher = torch.tensor([[0.9, 0.2, 0.5], [0.7, 0.6, 0.1]])
+    student = torch.tensor([[0.8, 0.0, 0.6], [0.8, 0.6, 0.96]])  # the dot products above, by hand
+    t = 1 / 20.0
+    p = torch.softmax(teacher / t, 1)
+    by_hand = (p * (p.log() - torch.log_softmax(student / t, 1))).sum(1).mean() * t * t
+
+    loss = build_loss(_Stub(), LossConfig(name="listwise_kl", scale=20.0))
+    assert type(loss).__name__ == "DistillKLDivLoss"
+    assert loss([{}, {}, {}, {}], teacher).item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert by_hand.item() > 1e-3  # the student orders row 1 differently from the teacher: something to learn
+    # a teacher that scores exactly as the student does leaves nothing to learn
+    assert loss([{}, {}, {}, {}], student).item() == pytest.approx(0.0, abs=1e-7)

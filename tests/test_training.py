@@ -201,6 +201,10 @@ def test_margin_mse_needs_teacher_scores_and_gets_them_as_labels(tmp_path):
     rows = build_train_rows(data, _cfg("unused", loss={"name": "margin_mse"}, negatives_per_query=2))
     assert rows.columns["label"][0] == [5.0, 1.0, 2.0]
     assert rows.stats["dropped_short_rows"] > 0  # no teacher score to pad with
+    listwise = build_train_rows(data, _cfg("unused", loss={"name": "listwise_kl"}, negatives_per_query=2))
+    assert listwise.columns["label"] == rows.columns["label"]  # the same teacher scores, a different loss
+    with pytest.raises(ConfigError, match="teacher scores"):
+        build_train_rows(plain, _cfg("unused", loss={"name": "listwise_kl"}))
 
 
 def test_pairs_jsonl_is_read_when_there_is_no_dataset_folder(tmp_path):
@@ -289,8 +293,9 @@ def test_train_command_writes_model_manifest_and_curve(tmp_path, trainable_model
 
 @pytest.mark.parametrize(
     "loss",
-    [{"name": "cached_mnrl", "mini_batch_size": 3}, {"name": "gist"}, {"name": "margin_mse"}, {"name": "mnrl", "matryoshka_dims": [32, 16]}],
-    ids=["cached_mnrl", "gist", "margin_mse", "matryoshka"],
+    [{"name": "cached_mnrl", "mini_batch_size": 3}, {"name": "gist"}, {"name": "margin_mse"}, {"name": "listwise_kl"},
+     {"name": "mnrl", "matryoshka_dims": [32, 16]}],
+    ids=["cached_mnrl", "gist", "margin_mse", "listwise_kl", "matryoshka"],
 )
 def test_every_loss_trains(tmp_path, trainable_model_dir, loss):
     from embedtune.training import trainer
@@ -303,7 +308,7 @@ def test_every_loss_trains(tmp_path, trainable_model_dir, loss):
     with mock.patch.object(trainer, "build_loss", side_effect=lambda *a, **k: built.append(real(*a, **k)) or built[-1]):
         manifest = train_model(cfg, data, tmp_path / "run", progress=False)
     expected = {"cached_mnrl": "CachedMultipleNegativesRankingLoss", "gist": "GISTEmbedLoss", "margin_mse": "MarginMSELoss",
-                "mnrl": "MatryoshkaLoss"}[loss["name"]]
+                "listwise_kl": "DistillKLDivLoss", "mnrl": "MatryoshkaLoss"}[loss["name"]]
     assert [type(b).__name__ for b in built] == [expected]  # the loss asked for, no silent fallback
     if expected == "MatryoshkaLoss":
         assert type(built[0].loss).__name__ in ("KnownPositivesMNRL", "MultipleNegativesRankingLoss")

@@ -20,7 +20,7 @@ def train_command(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: model/, checkpoints/, training_curve.json/.png, manifest.json."),
     model: opt.Model = None,
     config: opt.Config = None,
-    loss: str = typer.Option(None, "--loss", help="mnrl | cached_mnrl | gist | margin_mse (default mnrl)."),
+    loss: str = typer.Option(None, "--loss", help="mnrl | cached_mnrl | gist | margin_mse | listwise_kl (default mnrl)."),
     num_negatives: int = typer.Option(None, "--num-negatives", "-n", help="Hard negatives per row fed to the loss (default 1)."),
     epochs: float = typer.Option(None, "--epochs", help="Passes over the training rows (default 1)."),
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many steps (overrides --epochs)."),

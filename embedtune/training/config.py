@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from ..config import ModelConfig, Precision, StrictModel
 from ..precision import resolve_precision
-from ..losses import LossConfig
+from ..losses import TEACHER_LOSSES, LossConfig
 
 
 class DevConfig(StrictModel):
@@ -44,7 +44,7 @@ class TrainConfig(StrictModel):
     short_rows: Literal["pad", "drop"] = Field(
         "pad",
         description="Rows with fewer mined negatives than negatives_per_query: 'pad' with random documents from "
-        "other rows (never a known positive of the query), or 'drop' them. margin_mse always drops.",
+        "other rows (never a known positive of the query), or 'drop' them. margin_mse and listwise_kl always drop (the teacher never scored a padding document).",
     )
     max_pairs_per_query: int | None = Field(
         None, gt=0, description="Keep at most N positives per query, highest relevance grade first (e.g. NFCorpus)."
@@ -88,8 +88,8 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
-        if self.loss.name == "margin_mse" and self.negatives_per_query < 1:
-            raise ValueError("loss margin_mse needs negatives_per_query >= 1")
+        if self.loss.name in TEACHER_LOSSES and self.negatives_per_query < 1:
+            raise ValueError(f"loss {self.loss.name} needs negatives_per_query >= 1")
         if self.loss.name == "gist" and self.negatives_per_query > 1:
             raise ValueError("loss gist takes (query, positive) pairs or one hard negative: set negatives_per_query to 0 or 1")
         if self.side == "query" and (self.loss.name != "mnrl" or self.rounds > 1 or self.loss.matryoshka_dims):

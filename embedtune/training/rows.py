@@ -10,6 +10,7 @@ from pathlib import Path
 from ..corpus import load_corpus, parse_benchmark_source
 from ..errors import ConfigError, InputError
 from ..mined import MinedData
+from ..losses import TEACHER_LOSSES
 from .config import TrainConfig
 
 
@@ -74,7 +75,7 @@ class TrainRows:
 
 
 def build_train_rows(data: MinedData, cfg: TrainConfig, exclude_query_ids: set[str] = frozenset()) -> TrainRows:
-    """Mined rows -> trainer columns ``anchor, positive, negative_1..n`` (+ ``label`` for margin_mse).
+    """Mined rows -> trainer columns ``anchor, positive, negative_1..n`` (+ ``label``, the teacher's scores, for margin_mse and listwise_kl).
 
     Rows of ``exclude_query_ids`` (dev queries) are left out; ``max_pairs_per_query`` keeps the
     highest-graded positives of each query; rows with fewer than ``negatives_per_query`` negatives
@@ -83,10 +84,10 @@ def build_train_rows(data: MinedData, cfg: TrainConfig, exclude_query_ids: set[s
     c = data.columns
     rng = random.Random(cfg.seed)
     n_neg = cfg.negatives_per_query
-    use_teacher = cfg.loss.name == "margin_mse"
+    use_teacher = cfg.loss.name in TEACHER_LOSSES
     if use_teacher and not data.has_teacher_scores:
         raise ConfigError(
-            "loss margin_mse needs teacher scores (teacher_positive_score, teacher_negative_scores) in the mined data; "
+            f"loss {cfg.loss.name} needs teacher scores (teacher_positive_score, teacher_negative_scores) in the mined data; "
             "mine with a teacher (mine.cross_encoder or mine.hybrid_teacher) or choose another loss", field="loss.name",
         )
     stats = {"mined_rows": data.num_rows, "dev_rows_excluded": 0, "capped_rows": 0, "padded_rows": 0, "dropped_short_rows": 0}
