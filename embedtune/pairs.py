@@ -366,6 +366,7 @@ def pairs_from_corpus(
     dropped = Counter()
     seen: set[tuple[str, str]] = set()
     query_ids: dict[str, str] = {}
+    query_texts: dict[str, str] = {}  # normalised query -> the text of its first pair
     per_doc: Counter = Counter()
     known: dict[str, set[str]] = {}
     pairs: list[MiningPair] = []
@@ -385,11 +386,13 @@ def pairs_from_corpus(
         seen.add(key)
         if nq not in query_ids:
             query_ids[nq] = f"{gen}:{doc_id}:{per_doc[gen, doc_id]}"
+            query_texts[nq] = query
             per_doc[gen, doc_id] += 1
         qid = query_ids[nq]
         known.setdefault(qid, set()).add(doc_id)
         in_pool = positive == corpus[doc_id].full_text
-        pairs.append(MiningPair(qid, query, doc_id, positive, in_pool, source=gen))
+        # one text per query id: "See also" and "See Also" are one query, and mining looks queries up by text
+        pairs.append(MiningPair(qid, query_texts[nq], doc_id, positive, in_pool, source=gen))
     if not pairs:
         raise InputError(
             f"the generators {cfg.generators} made no usable pairs from {len(docs)} document(s) "

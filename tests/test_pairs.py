@@ -171,6 +171,15 @@ def test_same_query_from_two_documents_is_one_query_with_both_positives():
     assert ps.known_positives[ps.pairs[0].query_id] == {"x", "y"}
 
 
+def test_queries_differing_only_in_case_are_one_query_with_one_text():
+    """Mining looks a query up by its text: two spellings of one query id crashed the hybrid teacher
+    (the demo corpus has "See also" and "See Also")."""
+    docs = {"x": Document("x", "body one about salt", "See also"), "y": Document("y", "body two about fish", "See Also")}
+    ps = pairs_from_corpus(docs, SelfPairsConfig(generators=["title"], min_query_words=1), seed=0)
+    assert len(ps.pairs) == 2 and ps.pairs[0].query_id == ps.pairs[1].query_id
+    assert ps.pairs[0].query == ps.pairs[1].query == "See also"
+
+
 def test_self_pairs_config_errors():
     with pytest.raises(ValueError, match="qgen.model"):
         SelfPairsConfig(generators=["qgen"])
