@@ -66,10 +66,22 @@ def test_choose_fusion_finds_the_weight_that_ranks_the_relevant_document_first()
     dense = {"q1": {"a": 0.9, "b": 0.8, "rel": 0.7}, "q2": {"rel": 0.9, "x": 0.8, "y": 0.1}}
     lexical = {"q1": {"rel": 9.0, "a": 1.0}, "q2": {"x": 5.0, "rel": 4.9, "z": 1.0}}  # w in (0.5, 0.83) ranks both
     qrels = {"q1": {"rel": 1}, "q2": {"rel": 1}}
-    choice = choose_fusion(dense, lexical, qrels, base=FusionConfig(method="minmax"))
+    choice = choose_fusion(dense, lexical, qrels, base=FusionConfig(method="minmax"), alpha=None)
     assert choice.dev_ndcg == pytest.approx(1.0)
     assert 0.0 < choice.config.bm25_weight < 1.0  # neither retriever alone gets both queries right
     assert [w for w, _ in choice.curve["minmax"]][0] == 0.0 and choice.curve["minmax"][0][1] < 1.0
+
+    # by default the dev argmax must beat the a-priori weight significantly: 2 queries cannot
+    kept = choose_fusion(dense, lexical, qrels, base=FusionConfig(method="minmax"))
+    assert kept.config.bm25_weight == 0.5 and kept.dev_ndcg < 1.0
+    assert kept.p_value >= 0.05 and "kept bm25_weight 0.5" in kept.source
+    assert kept.as_dict()["p_vs_default_weight"] == pytest.approx(kept.p_value, abs=1e-4)
+    # 12 such queries can: the chosen weight ships
+    many_dense = {f"{q}-{i}": r for i in range(6) for q, r in dense.items()}
+    many_lexical = {f"{q}-{i}": r for i in range(6) for q, r in lexical.items()}
+    many_qrels = {f"{q}-{i}": r for i in range(6) for q, r in qrels.items()}
+    moved = choose_fusion(many_dense, many_lexical, many_qrels, base=FusionConfig(method="minmax"))
+    assert moved.config.bm25_weight == choice.config.bm25_weight and moved.p_value < 0.05
 
 
 @pytest.fixture()
