@@ -18,7 +18,7 @@ re-implements a loss:
   this matches the whole list's shape, so several negatives per query teach the ordering among
   them too (Lin et al. 2021, "tightly-coupled teachers"). Same teacher columns as ``margin_mse``.
 
-``mnrl`` with ``mask_known_positives`` (the default) is sentence-transformers' MNRL that also
+``mnrl`` and ``cached_mnrl`` with ``mask_known_positives`` (the default) are sentence-transformers' losses that also
 knows the qrels: an in-batch document relevant to a query is not its negative
 (:mod:`embedtune.masked_mnrl`).
 
@@ -66,8 +66,8 @@ class LossConfig(StrictModel):
     )
     mask_known_positives: bool = Field(
         True,
-        description="mnrl: in-batch documents that the training data marks relevant to a query are not its negatives "
-        "(see embedtune.masked_mnrl). Other losses: no effect (gist masks by its guide model instead).",
+        description="mnrl, cached_mnrl: in-batch documents that the training data marks relevant to a query are not its "
+        "negatives (see embedtune.masked_mnrl). Other losses: no effect (gist masks by its guide model instead).",
     )
 
     @model_validator(mode="after")
@@ -88,7 +88,7 @@ def build_loss(
 ) -> "nn.Module":
     """The configured loss on ``model``. ``gist`` needs ``guide`` (a frozen copy of the base model);
     ``distributed``: training runs in several processes (gathering across devices applies);
-    ``known_positives``: the rows' ids, for ``mnrl`` with ``mask_known_positives`` (the trainer
+    ``known_positives``: the rows' ids, for ``mnrl``/``cached_mnrl`` with ``mask_known_positives`` (the trainer
     then passes row indices as labels)."""
     from sentence_transformers.sentence_transformer import losses
 
@@ -100,6 +100,11 @@ def build_loss(
         loss = KnownPositivesMNRL(model, known_positives, scale=cfg.scale, gather_across_devices=gather)
     elif cfg.name == "mnrl":
         loss = losses.MultipleNegativesRankingLoss(model, scale=cfg.scale, gather_across_devices=gather)
+    elif cfg.name == "cached_mnrl" and known_positives is not None:
+        from .masked_mnrl import KnownPositivesCachedMNRL
+
+        loss = KnownPositivesCachedMNRL(model, known_positives, scale=cfg.scale, mini_batch_size=cfg.mini_batch_size,
+                                        gather_across_devices=gather)
     elif cfg.name == "cached_mnrl":
         loss = losses.CachedMultipleNegativesRankingLoss(
             model, scale=cfg.scale, mini_batch_size=cfg.mini_batch_size, gather_across_devices=gather

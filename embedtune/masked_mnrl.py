@@ -1,4 +1,4 @@
-"""MultipleNegativesRankingLoss that never uses a known positive of a query as its negative.
+"""MultipleNegativesRankingLoss (plain and cached) that never uses a known positive of a query as its negative.
 
 Why this exists: sentence-transformers' losses see texts only, so every other row's positive in a
 batch is a negative for this row's query -- even when the qrels say it is relevant to it. With
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss, MultipleNegativesRankingLoss
 from sentence_transformers.util import cos_sim
 
 
@@ -44,26 +44,24 @@ class KnownPositives:
         return cls(row_query=row_query, row_docs=row_docs, pairs=pairs, num_docs=len(docs))
 
 
-class KnownPositivesMNRL(MultipleNegativesRankingLoss):
-    """MNRL (query -> positive, own hard negatives, in-batch documents) with known positives masked.
+class _KnownPositivesMask:
+    """The batch's known-positive mask, for both MNRL variants: built from the row indices the trainer
+    passes as labels, handed out to the similarity function row block by row block (MNRL scores all
+    rows at once; GradCache scores ``mini_batch_size`` rows at a time, in order)."""
 
-    ``known`` holds the training rows as numbers (see :class:`KnownPositives`).
-    The row's own positive is never masked.
-    """
-
-    def __init__(self, model: Any, known: KnownPositives, *, scale: float = 20.0, gather_across_devices: bool = False) -> None:
-        super().__init__(model, scale=scale, similarity_fct=self._masked_cos_sim, gather_across_devices=gather_across_devices)
+    def _init_mask(self, known: KnownPositives) -> None:
         self.row_query = known.row_query
         self.row_docs = known.row_docs
         self.known_pairs = np.unique(known.pairs)
         self.num_docs = known.num_docs
         self.masked_candidates = 0  # how many in-batch candidates were masked so far (for the log)
         self._mask: torch.Tensor | None = None
+        self._mask_row = 0
 
-    def forward(self, sentence_features, labels: torch.Tensor) -> torch.Tensor:
+    def _set_mask(self, labels: torch.Tensor, gather: bool) -> None:
         rows = labels.detach().long().view(-1)
         world_rows, offset = rows, 0
-        if self.gather_across_devices and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if gather and torch.distributed.is_available() and torch.distributed.is_initialized():
             parts = [torch.empty_like(rows) for _ in range(torch.distributed.get_world_size())]
             torch.distributed.all_gather(parts, rows)
             world_rows = torch.cat(parts)
@@ -76,16 +74,52 @@ class KnownPositivesMNRL(MultipleNegativesRankingLoss):
         mask = np.isin(keys, self.known_pairs)
         mask[np.arange(len(local)), offset + np.arange(len(local))] = False  # the row's own positive
         self.masked_candidates += int(mask.sum())
-        self._mask = torch.from_numpy(mask)
-        try:
-            return super().forward(sentence_features, labels)
-        finally:
-            self._mask = None
+        self._mask, self._mask_row = torch.from_numpy(mask), 0
 
     def _masked_cos_sim(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         scores = cos_sim(a, b)
         if self._mask is None:
             return scores
-        if scores.shape != self._mask.shape:  # only the query->document direction is supported
-            raise RuntimeError(f"similarity of shape {tuple(scores.shape)} does not match the mask {tuple(self._mask.shape)}")
-        return scores.masked_fill(self._mask.to(scores.device), float("-inf"))
+        mask = self._mask[self._mask_row : self._mask_row + len(a)]
+        self._mask_row += len(a)
+        if scores.shape != mask.shape:  # only the query->document direction is supported
+            raise RuntimeError(f"similarity of shape {tuple(scores.shape)} does not match the mask {tuple(mask.shape)}")
+        return scores.masked_fill(mask.to(scores.device), float("-inf"))
+
+
+class KnownPositivesMNRL(_KnownPositivesMask, MultipleNegativesRankingLoss):
+    """MNRL (query -> positive, own hard negatives, in-batch documents) with known positives masked.
+
+    ``known`` holds the training rows as numbers (see :class:`KnownPositives`).
+    The row's own positive is never masked.
+    """
+
+    def __init__(self, model: Any, known: KnownPositives, *, scale: float = 20.0, gather_across_devices: bool = False) -> None:
+        super().__init__(model, scale=scale, similarity_fct=self._masked_cos_sim, gather_across_devices=gather_across_devices)
+        self._init_mask(known)
+
+    def forward(self, sentence_features, labels: torch.Tensor) -> torch.Tensor:
+        self._set_mask(labels, self.gather_across_devices)
+        try:
+            return super().forward(sentence_features, labels)
+        finally:
+            self._mask = None
+
+
+class KnownPositivesCachedMNRL(_KnownPositivesMask, CachedMultipleNegativesRankingLoss):
+    """The same loss with GradCache (``cached_mnrl``): the batch's activations are held
+    ``mini_batch_size`` rows at a time, so memory no longer grows with the batch; same loss value."""
+
+    def __init__(self, model: Any, known: KnownPositives, *, scale: float = 20.0, mini_batch_size: int = 16,
+                 gather_across_devices: bool = False) -> None:
+        super().__init__(model, scale=scale, similarity_fct=self._masked_cos_sim, mini_batch_size=mini_batch_size,
+                         gather_across_devices=gather_across_devices)
+        self._init_mask(known)
+
+    def forward(self, sentence_features, labels: torch.Tensor) -> torch.Tensor:
+        # the loss is computed (and the mask read) inside forward; backward only replays the embedding
+        self._set_mask(labels, self.gather_across_devices)
+        try:
+            return super().forward(sentence_features, labels)
+        finally:
+            self._mask = None

@@ -1,5 +1,5 @@
-"""Losses checked by hand: KnownPositivesMNRL (the mask it builds from row indices and the loss it
-gives) and listwise_kl (the teacher's and the student's softmax over a candidate list)."""
+"""Losses checked by hand: KnownPositivesMNRL and its GradCache twin (the mask they build from row
+indices and the loss they give) and listwise_kl (the teacher's and the student's softmax over a candidate list)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,22 @@ def test_known_positives_are_masked_and_the_loss_matches_by_hand(monkeypatch):
     assert got.item() == pytest.approx(_by_hand(embeddings, EXPECTED_MASK).item(), rel=1e-5)
     unmasked = _by_hand(embeddings, np.zeros_like(EXPECTED_MASK))
     assert abs(got.item() - unmasked.item()) > 1e-3  # the mask changes the loss
+
+
+def test_cached_mnrl_masks_the_same_candidates_chunk_by_chunk():
+    """GradCache scores mini_batch_size rows at a time: each chunk must get its own rows of the mask."""
+    from embedtune.masked_mnrl import KnownPositivesCachedMNRL
+
+    torch.manual_seed(0)
+    embeddings = [torch.randn(3, 8) for _ in range(3)]
+    known = KnownPositives.from_ids(QUERY_IDS, DOC_IDS, RELEVANT)
+    loss = KnownPositivesCachedMNRL(torch.nn.Sequential(torch.nn.Identity()), known, scale=20.0, mini_batch_size=2)
+    loss._set_mask(torch.tensor([0, 1, 2]), gather=False)
+    chunks = [[e[:2], e[2:]] for e in embeddings]  # rows 0-1, then row 2
+    got = loss.calculate_loss(chunks)
+    assert loss.masked_candidates == 2
+    assert got.item() == pytest.approx(_by_hand(embeddings, EXPECTED_MASK).item(), rel=1e-5)
+    assert abs(got.item() - _by_hand(embeddings, np.zeros_like(EXPECTED_MASK)).item()) > 1e-3
 
 
 def test_rows_are_looked_up_by_the_label_not_by_position(monkeypatch):

@@ -307,7 +307,7 @@ def test_every_loss_trains(tmp_path, trainable_model_dir, loss):
     real = trainer.build_loss
     with mock.patch.object(trainer, "build_loss", side_effect=lambda *a, **k: built.append(real(*a, **k)) or built[-1]):
         manifest = train_model(cfg, data, tmp_path / "run", progress=False)
-    expected = {"cached_mnrl": "CachedMultipleNegativesRankingLoss", "gist": "GISTEmbedLoss", "margin_mse": "MarginMSELoss",
+    expected = {"cached_mnrl": "KnownPositivesCachedMNRL", "gist": "GISTEmbedLoss", "margin_mse": "MarginMSELoss",
                 "listwise_kl": "DistillKLDivLoss", "mnrl": "MatryoshkaLoss"}[loss["name"]]
     assert [type(b).__name__ for b in built] == [expected]  # the loss asked for, no silent fallback
     if expected == "MatryoshkaLoss":

@@ -197,7 +197,7 @@ def train_round(
     dev = make_dev_split(data, cfg)
     rows = build_train_rows(data, cfg, dev.exclude_query_ids if dev else set())
     known = None
-    if cfg.loss.name == "mnrl" and cfg.loss.mask_known_positives:
+    if cfg.loss.name in ("mnrl", "cached_mnrl") and cfg.loss.mask_known_positives:
         from ..masked_mnrl import KnownPositives
 
         known = KnownPositives.from_ids(rows.query_ids, rows.doc_ids, rows.known_positives)
