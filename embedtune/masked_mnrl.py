@@ -58,6 +58,15 @@ class _KnownPositivesMask:
         self._mask: torch.Tensor | None = None
         self._mask_row = 0
 
+    def forward(self, sentence_features, labels: torch.Tensor) -> torch.Tensor:
+        # both parents compute the loss (and read the mask) inside forward; GradCache's backward
+        # only replays the embedding
+        self._set_mask(labels, self.gather_across_devices)
+        try:
+            return super().forward(sentence_features, labels)
+        finally:
+            self._mask = None
+
     def _set_mask(self, labels: torch.Tensor, gather: bool) -> None:
         rows = labels.detach().long().view(-1)
         world_rows, offset = rows, 0
@@ -98,13 +107,6 @@ class KnownPositivesMNRL(_KnownPositivesMask, MultipleNegativesRankingLoss):
         super().__init__(model, scale=scale, similarity_fct=self._masked_cos_sim, gather_across_devices=gather_across_devices)
         self._init_mask(known)
 
-    def forward(self, sentence_features, labels: torch.Tensor) -> torch.Tensor:
-        self._set_mask(labels, self.gather_across_devices)
-        try:
-            return super().forward(sentence_features, labels)
-        finally:
-            self._mask = None
-
 
 class KnownPositivesCachedMNRL(_KnownPositivesMask, CachedMultipleNegativesRankingLoss):
     """The same loss with GradCache (``cached_mnrl``): the batch's activations are held
@@ -115,11 +117,3 @@ class KnownPositivesCachedMNRL(_KnownPositivesMask, CachedMultipleNegativesRanki
         super().__init__(model, scale=scale, similarity_fct=self._masked_cos_sim, mini_batch_size=mini_batch_size,
                          gather_across_devices=gather_across_devices)
         self._init_mask(known)
-
-    def forward(self, sentence_features, labels: torch.Tensor) -> torch.Tensor:
-        # the loss is computed (and the mask read) inside forward; backward only replays the embedding
-        self._set_mask(labels, self.gather_across_devices)
-        try:
-            return super().forward(sentence_features, labels)
-        finally:
-            self._mask = None
