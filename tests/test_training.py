@@ -310,6 +310,8 @@ def test_every_loss_trains(tmp_path, trainable_model_dir, loss):
     expected = {"cached_mnrl": "KnownPositivesCachedMNRL", "gist": "GISTEmbedLoss", "margin_mse": "MarginMSELoss",
                 "listwise_kl": "DistillKLDivLoss", "mnrl": "MatryoshkaLoss"}[loss["name"]]
     assert [type(b).__name__ for b in built] == [expected]  # the loss asked for, no silent fallback
+    if loss["name"] in ("cached_mnrl", "mnrl"):  # the masked count reaches the manifest (also through MatryoshkaLoss)
+        assert manifest["metrics"]["rows"]["masked_in_batch_known_positives"] >= 0
     if expected == "MatryoshkaLoss":
         assert type(built[0].loss).__name__ in ("KnownPositivesMNRL", "MultipleNegativesRankingLoss")
         assert list(built[0].matryoshka_dims) == [32, 16]

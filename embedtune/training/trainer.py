@@ -259,7 +259,10 @@ def train_round(
     if trainer.is_world_process_zero():
         save_model_atomically(trainer.model, model_dir)
     trainer.accelerator.wait_for_everyone()
-    masked = getattr(getattr(loss, "loss", loss), "masked_candidates", None)  # MatryoshkaLoss wraps it in .loss
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
+
+    # MatryoshkaLoss wraps the loss in .loss (CachedMultipleNegativesRankingLoss has a .loss too: not unwrapped)
+    masked = getattr(loss.loss if isinstance(loss, MatryoshkaLoss) else loss, "masked_candidates", None)
     if masked is not None:  # steps run by this process since its start (a resumed run counts from there)
         rows.stats["masked_in_batch_known_positives"] = masked
         log.info("in-batch documents masked as known positives of their query: %s", f"{masked:,}")
