@@ -11,7 +11,8 @@ beside the best weight on test (an oracle, only to show how far the dev choice i
 ``--dev-sizes 5,10,20,40,80`` adds how far a weight chosen on only n dev queries can be trusted:
 ``--draws`` times, n queries are drawn from the dev split, the weight is chosen on them (as ``eval``
 does) and scored on the dev queries not drawn, against the a-priori weight 0.5 on the same queries
-(all inside the dev split: this sizes ``evaluation.MIN_FUSION_DEV_QUERIES`` without the test split).
+(all inside the dev split), both as a plain argmax and with the rule ``eval`` applies
+(``evaluation.FUSION_DEV_ALPHA``: leave 0.5 only on a significant dev gain).
 """
 
 from __future__ import annotations
