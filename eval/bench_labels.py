@@ -159,8 +159,9 @@ def main() -> None:
               f"shipped {rows[-1]['shipped']}, {rows[-1]['minutes']} min", file=sys.stderr)
     summary = {"benchmark": benchmark.name, "split": "test", "metric": "ndcg@10", "seed": args.seed, "points": rows}
     if not args.no_write:
-        RESULTS.write_text(json.dumps(summary, indent=1) + "\n")
-        print(f"wrote {RESULTS}", file=sys.stderr)
+        from embedtune.io import atomic_write_json
+
+        print(f"wrote {atomic_write_json(RESULTS, summary)}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
 

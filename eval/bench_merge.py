@@ -58,6 +58,7 @@ def main() -> None:
     from embedtune.cli.app import setup_logging
     from embedtune.config import ModelConfig
     from embedtune.evaluation import HEADLINE, EvalConfig, evaluate
+    from embedtune.io import atomic_write_json
     from embedtune.merging import merge_folders
 
     setup_logging()
@@ -93,8 +94,7 @@ def main() -> None:
                                                          for k, v in row["systems"].items()), file=sys.stderr)
     summary = {"tuned": str(args.tuned), "base": args.base, "metric": HEADLINE, "split": "test", "benchmarks": rows}
     if not args.no_write:
-        RESULTS.write_text(json.dumps(summary, indent=1) + "\n")
-        print(f"wrote {RESULTS}", file=sys.stderr)
+        print(f"wrote {atomic_write_json(RESULTS, summary)}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
 
