@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 LossName = Literal["mnrl", "cached_mnrl", "gist", "margin_mse", "listwise_kl"]
 TEACHER_LOSSES = ("margin_mse", "listwise_kl")  # losses whose labels are the teacher's scores
+KNOWN_POSITIVE_LOSSES = ("mnrl", "cached_mnrl")  # losses that mask known positives (labels: row indices)
 
 
 class LossConfig(StrictModel):

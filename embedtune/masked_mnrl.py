@@ -61,16 +61,16 @@ class _KnownPositivesMask:
     def forward(self, sentence_features, labels: torch.Tensor) -> torch.Tensor:
         # both parents compute the loss (and read the mask) inside forward; GradCache's backward
         # only replays the embedding
-        self._set_mask(labels, self.gather_across_devices)
+        self._set_mask(labels)
         try:
             return super().forward(sentence_features, labels)
         finally:
             self._mask = None
 
-    def _set_mask(self, labels: torch.Tensor, gather: bool) -> None:
+    def _set_mask(self, labels: torch.Tensor) -> None:
         rows = labels.detach().long().view(-1)
         world_rows, offset = rows, 0
-        if gather and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if self.gather_across_devices and torch.distributed.is_available() and torch.distributed.is_initialized():
             parts = [torch.empty_like(rows) for _ in range(torch.distributed.get_world_size())]
             torch.distributed.all_gather(parts, rows)
             world_rows = torch.cat(parts)

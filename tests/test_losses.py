@@ -62,7 +62,7 @@ def test_cached_mnrl_masks_the_same_candidates_chunk_by_chunk():
     embeddings = [torch.randn(3, 8) for _ in range(3)]
     known = KnownPositives.from_ids(QUERY_IDS, DOC_IDS, RELEVANT)
     loss = KnownPositivesCachedMNRL(torch.nn.Sequential(torch.nn.Identity()), known, scale=20.0, mini_batch_size=2)
-    loss._set_mask(torch.tensor([0, 1, 2]), gather=False)
+    loss._set_mask(torch.tensor([0, 1, 2]))
     chunks = [[e[:2], e[2:]] for e in embeddings]  # rows 0-1, then row 2
     got = loss.calculate_loss(chunks)
     assert loss.masked_candidates == 2

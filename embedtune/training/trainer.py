@@ -15,7 +15,7 @@ from .. import progress as progress_display
 from ..config import ModelConfig
 from ..errors import ConfigError, RunDirError
 from ..io import save_model_atomically
-from ..losses import build_loss
+from ..losses import KNOWN_POSITIVE_LOSSES, build_loss
 from ..mined import MinedData
 from .checkpoints import is_final_step, last_checkpoint, trainer_state
 from .config import TrainConfig, resolve_training_precision
@@ -197,7 +197,7 @@ def train_round(
     dev = make_dev_split(data, cfg)
     rows = build_train_rows(data, cfg, dev.exclude_query_ids if dev else set())
     known = None
-    if cfg.loss.name in ("mnrl", "cached_mnrl") and cfg.loss.mask_known_positives:
+    if cfg.loss.name in KNOWN_POSITIVE_LOSSES and cfg.loss.mask_known_positives:
         from ..masked_mnrl import KnownPositives
 
         known = KnownPositives.from_ids(rows.query_ids, rows.doc_ids, rows.known_positives)
