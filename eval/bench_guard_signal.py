@@ -33,15 +33,15 @@ def main() -> None:
     from embedtune.corpus import BeirDataset, load_corpus
     from embedtune.evaluation import bm25_run, compute_metrics, dense_run, paired_randomization_test
     from embedtune.fusion import FusionConfig, fuse_runs
-    from embedtune.mined import load_mined
     from embedtune.pipeline import Pipeline, PipelineConfig
-    from embedtune.training.dev import make_dev_split
 
     run = Path(args.run)
-    cfg = PipelineConfig(**json.loads((run / "pipeline.json").read_text())["config"])
+    if not (run / "pipeline.json").is_file():
+        raise SystemExit(f"{run}: not an `embedtune run` folder (no pipeline.json)")
+    stored = json.loads((run / "pipeline.json").read_text())["config"]
+    cfg = PipelineConfig(**stored | {"run_dir": str(run)})  # the folder where it is now
     pipeline = Pipeline(cfg, source=str(run / "pipeline.json"))
-    train_cfg = pipeline.configs["train"]
-    dev = make_dev_split(load_mined(run / "mine"), train_cfg)
+    dev = pipeline.dev_split()  # the queries training held out, as select scores them
     if dev is None:
         raise SystemExit(f"{run}: the run has no dev split to score")
     corpus = load_corpus(pipeline.corpus())  # the whole corpus the run mined, not the dev search's sample
