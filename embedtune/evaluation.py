@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, get_args
 
 import numpy as np
 from pydantic import AliasChoices, Field, model_validator
@@ -39,6 +39,26 @@ METRICS = (
     + [f"p@{k}" for k in P_K] + [f"mrr@{MRR_K}"]
 )
 HEADLINE = "ndcg@10"
+
+# How a weight is chosen from the dev curve (``choose_weight``):
+# - "argmax": the best mean dev nDCG@10. Over 21 weights it fits noise: on n random dev queries of
+#   SciFact and NFCorpus it scored *worse* than 0.5 on the other dev queries at every n from 5 to 160
+#   (eval/results/fusion_dev_sizes.md).
+# - "significant": the argmax only if a paired randomization test on the dev queries gives p < 0.05
+#   against the a-priori weight, else the a-priori weight. Safe with 5 queries, but it stays at 0.5
+#   where the best weight is elsewhere and dev cannot show it significantly (demo: -0.014).
+# - "bagged": the mean of the argmaxes over bootstrap resamples of the dev queries (bagging the
+#   selection), snapped to the grid: a flat or noisy curve scatters the argmaxes and their mean falls
+#   back toward the middle, a clear optimum keeps them together.
+# - "lcb": the weight whose gain over the a-priori weight has the best lower confidence bound
+#   (mean - 1.645 standard errors of the paired per-query differences; the prior's bound is 0): it
+#   moves only as far as the dev queries agree, part of the way when the gain is uncertain.
+FusionRule = Literal["significant", "bagged", "lcb", "argmax"]
+FUSION_RULES: tuple[str, ...] = get_args(FusionRule)
+FUSION_RULE = "significant"
+FUSION_DEV_ALPHA = 0.05  # the "significant" rule's level
+BAGGING_RESAMPLES = 200
+LCB_Z = 1.645  # one-sided 95%
 
 
 class EvalConfig(StrictModel):
@@ -64,6 +84,9 @@ class EvalConfig(StrictModel):
                                          "no fusion.bm25_weight is given; otherwise the weight is fixed.")
     fusion_dev_queries: list[str] | None = Field(None, description="Only these query ids of fusion_dev_split (the "
                                                  "pipeline passes the queries training held out).")
+    fusion_rule: FusionRule = Field(FUSION_RULE, description="How the weight is picked from the dev curve: significant "
+                                    "(the best weight only if significantly better than fusion.bm25_weight), bagged, "
+                                    "lcb or argmax (evaluation.FUSION_RULES).")
 
     @model_validator(mode="after")
     def _dev_is_not_test(self) -> "EvalConfig":
@@ -189,20 +212,52 @@ class FusionChoice:
     dev_queries: int = 0
     source: str = ""
     p_value: float | None = None  # the dev argmax against the a-priori weight (None: they are the same weight)
+    rule: str | None = None  # how the weight was chosen from the curve (FUSION_RULES); None: fixed
 
     def as_dict(self) -> dict[str, Any]:
         return {"config": self.config.model_dump(mode="json"), "dev_ndcg@10": None if self.dev_ndcg is None else round(self.dev_ndcg, 4),
                 "dev_queries": self.dev_queries, "source": self.source,
-                "p_vs_default_weight": None if self.p_value is None else round(self.p_value, 4),
+                "p_vs_default_weight": None if self.p_value is None else round(self.p_value, 4), "rule": self.rule,
                 "curve": {m: [[w, round(v, 4)] for w, v in pts] for m, pts in self.curve.items()}}
 
 
-# A weight chosen on dev replaces the a-priori one only when it beats it significantly on the dev
-# queries. On SciFact (809 train queries) and NFCorpus (dev), z-score fusion at 0.5 is within 0.003
-# of the best test weight, and a weight chosen on n random dev queries scored *worse* than 0.5 on the
-# other dev queries on average at every n from 5 to 160 (`python eval/bench_fusion.py --dev-sizes
-# 5,10,20,40,80,160`, eval/results/fusion_dev_sizes.md): a plain argmax over 21 weights fits noise.
-FUSION_DEV_ALPHA = 0.05
+def choose_weight(per_query: np.ndarray, weights: Sequence[float], *, prior: float = 0.5, rule: str = FUSION_RULE,
+                  seed: int = 0) -> tuple[float, float | None]:
+    """The weight ``rule`` picks from ``per_query`` (dev queries x ``weights``, each query's nDCG@10
+    at each weight), and the paired randomization test's p of that weight against ``prior`` (None
+    when it is the prior). Ties go to the weight nearest ``prior``. Used by ``choose_fusion`` and, on
+    random subsets of dev queries, by ``eval/bench_fusion.py`` to compare the rules."""
+    if rule not in FUSION_RULES:
+        raise ConfigError(f"fusion rule must be one of {', '.join(FUSION_RULES)}, got '{rule}'", field="rule")
+    w = np.asarray(weights, dtype=np.float64)
+    if prior not in weights:
+        raise ConfigError(f"the a-priori weight {prior} is not among the weights", field="bm25_weight")
+    at_prior = int(np.flatnonzero(w == prior)[0])
+    if per_query.shape[0] == 0:
+        return float(prior), None
+    tie_break = -np.abs(w - prior) * 1e-9  # below any real difference of mean nDCG over <1e6 queries
+
+    def argmax(rows: np.ndarray) -> int:
+        return int(np.argmax(np.round(rows.mean(axis=0), 10) + tie_break))
+
+    best = argmax(per_query)
+    if rule == "lcb":
+        n = per_query.shape[0]
+        diff = per_query - per_query[:, [at_prior]]
+        bound = diff.mean(axis=0) - LCB_Z * (diff.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.inf)
+        bound[at_prior] = 0.0
+        best = int(np.argmax(np.round(bound, 10) + tie_break))
+    if rule == "bagged":
+        rng = np.random.default_rng(seed)
+        n = per_query.shape[0]
+        picks = [argmax(per_query[rng.integers(0, n, n)]) for _ in range(BAGGING_RESAMPLES)]
+        best = int(np.argmin(np.abs(w - w[picks].mean()) - tie_break))  # nearest grid weight, ties toward the prior
+    if best == at_prior:
+        return float(prior), None
+    p = paired_randomization_test(per_query[:, at_prior], per_query[:, best])["p_value"]
+    if rule == "significant" and p >= FUSION_DEV_ALPHA:
+        return float(prior), p
+    return float(w[best]), p
 
 
 def choose_fusion(
@@ -214,42 +269,44 @@ def choose_fusion(
     methods: tuple[str, ...] | None = None,
     weights: tuple[float, ...] = WEIGHT_GRID,
     source: str = "",
-    alpha: float | None = FUSION_DEV_ALPHA,
+    rule: str = FUSION_RULE,
 ) -> FusionChoice:
-    """The BM25 weight (for each of ``methods``, default: ``base.method`` only) with the best mean
-    nDCG@10 over the dev ``qrels``. Ties go to the weight nearest 0.5. With ``alpha``, the best
-    weight replaces ``base.bm25_weight`` (same method) only if a paired randomization test on the
-    dev queries gives p < alpha; otherwise ``base``'s weight is kept (``FUSION_DEV_ALPHA``)."""
+    """The BM25 weight ``rule`` (``choose_weight``) picks from the dev curve of each of ``methods``
+    (default: ``base.method`` only), ``base.bm25_weight`` being the a-priori weight; across methods,
+    the best mean dev nDCG@10 at the chosen weight."""
     base = base or FusionConfig()
     methods = methods or (base.method,)
     qrels = {q: r for q, r in qrels.items() if q in dense}
     qids = sorted(qrels)
+    grid = sorted(set(weights) | {base.bm25_weight})
+    best: FusionChoice | None = None
     curve: dict[str, list[tuple[float, float]]] = {}
-    per_query: dict[tuple[str, float], list[float]] = {}
-    best: tuple[float, float, FusionConfig] | None = None
     for method in methods:
-        curve[method] = []
-        for w in sorted(set(weights) | {base.bm25_weight}):
-            cfg = base.model_copy(update={"method": method, "bm25_weight": float(w)})
-            ndcg = compute_metrics(qrels, fuse_runs(dense, lexical, cfg), only=("ndcg@10",))["ndcg@10"]
-            per_query[method, float(w)] = [ndcg.get(q, 0.0) for q in qids]
-            score = float(np.mean(per_query[method, float(w)])) if qids else 0.0
-            if w in weights:
-                curve[method].append((float(w), score))
-            rank = (round(score, 10), -abs(float(w) - 0.5))
-            if best is None or rank > best[:2]:
-                best = (rank[0], rank[1], cfg)
+        per_query = fusion_matrix(dense, lexical, qrels, base.model_copy(update={"method": method}), grid)
+        curve[method] = [(float(w), float(per_query[:, j].mean()) if qids else 0.0) for j, w in enumerate(grid) if w in weights]
+        w, p = choose_weight(per_query, grid, prior=base.bm25_weight, rule=rule)
+        score = float(per_query[:, grid.index(w)].mean()) if qids else 0.0
+        if best is None or round(score, 10) > round(best.dev_ndcg, 10):
+            note = source
+            if rule == "significant" and p is not None and w == base.bm25_weight:
+                note += f"; kept bm25_weight {base.bm25_weight}: the dev argmax was not significantly better (p = {p:.2g} >= {FUSION_DEV_ALPHA})"
+            best = FusionChoice(config=base.model_copy(update={"method": method, "bm25_weight": w}), dev_ndcg=score,
+                                dev_queries=len(qrels), source=note, p_value=p, rule=rule)
     assert best is not None
-    chosen, dev_ndcg, p_value = best[2], best[0], None
-    prior = (chosen.method, float(base.bm25_weight))
-    if alpha is not None and chosen.bm25_weight != base.bm25_weight and qids:
-        p_value = paired_randomization_test(per_query[prior], per_query[chosen.method, chosen.bm25_weight])["p_value"]
-        if p_value >= alpha:
-            kept = chosen.model_copy(update={"bm25_weight": base.bm25_weight})
-            source += (f"; kept bm25_weight {base.bm25_weight}: {chosen.bm25_weight} was not significantly better on dev "
-                       f"(p = {p_value:.2g} >= {alpha})")
-            chosen, dev_ndcg = kept, float(np.mean(per_query[prior]))
-    return FusionChoice(config=chosen, dev_ndcg=dev_ndcg, curve=curve, dev_queries=len(qrels), source=source, p_value=p_value)
+    best.curve = curve
+    return best
+
+
+def fusion_matrix(dense: Run, lexical: Run, qrels: dict[str, dict[str, int]], fusion: FusionConfig,
+                  weights: Sequence[float]) -> np.ndarray:
+    """nDCG@10 of each judged query (rows, sorted ids) fused at each BM25 weight (columns)."""
+    qids = sorted(q for q in qrels if q in dense)
+    out = np.zeros((len(qids), len(weights)))
+    for j, w in enumerate(weights):
+        ndcg = compute_metrics(qrels, fuse_runs(dense, lexical, fusion.model_copy(update={"bm25_weight": float(w)})),
+                               only=("ndcg@10",))["ndcg@10"]
+        out[:, j] = [ndcg.get(q, 0.0) for q in qids]
+    return out
 
 
 # --------------------------------------------------------------------------- retrieval
@@ -380,7 +437,7 @@ def _hybrid_systems(cfg: EvalConfig, folder: Path, dense: list[dict[str, Any]], 
     for system, model_cfg in zip(dense, cfg.models):
         if dev is not None:
             dev_dense, _ = dense_run(model_cfg, dev, top_k=cfg.fusion.depth, cache_dir=cfg.cache_dir, show_progress=False)
-            choice = choose_fusion(dev_dense, dev_lexical, dev.qrels, base=cfg.fusion,
+            choice = choose_fusion(dev_dense, dev_lexical, dev.qrels, base=cfg.fusion, rule=cfg.fusion_rule,
                                    source=f"{folder.name}:{dev.split} ({len(dev.qrels)} queries)")
         else:
             choice = FusionChoice(config=cfg.fusion, dev_ndcg=None, source="fixed (no dev split)")

@@ -1,4 +1,4 @@
-"""Benchmark: hybrid retrieval (BM25 fused with a dense model) -- which fusion, which weight.
+"""Benchmark: hybrid retrieval (BM25 fused with a dense model) -- which fusion, which weight, which rule.
 
 For each model, the dense and BM25 runs of a dev split and of the test split are fused by every
 method of ``embedtune.fusion`` over a grid of BM25 weights (exactly the code ``embedtune eval
@@ -8,11 +8,15 @@ beside the best weight on test (an oracle, only to show how far the dev choice i
     python eval/bench_fusion.py --data ../shared/datasets/scifact --dev-split train --json
     python eval/bench_fusion.py --data ../shared/datasets/nfcorpus --dev-split dev --model minilm --model runs/nfcorpus/train/model
 
-``--dev-sizes 5,10,20,40,80`` adds how far a weight chosen on only n dev queries can be trusted:
-``--draws`` times, n queries are drawn from the dev split, the weight is chosen on them (as ``eval``
-does) and scored on the dev queries not drawn, against the a-priori weight 0.5 on the same queries
-(all inside the dev split), both as a plain argmax and with the rule ``eval`` applies
-(``evaluation.FUSION_DEV_ALPHA``: leave 0.5 only on a significant dev gain).
+``--run RUN`` (repeatable) takes a recipe's run folder instead: its benchmark, its models (base and
+tuned) and the dev queries its eval stage chose the weight on, with the recipe's fusion method.
+
+``--dev-sizes 5,10,20,40,80`` compares the rules that pick a weight from the dev curve
+(``evaluation.FUSION_RULES``, the same ``choose_weight`` ``eval`` calls): ``--draws`` times, n
+queries are drawn from the dev split, each rule chooses on them, and the choice is scored on the
+dev queries not drawn, against the a-priori weight 0.5 and against the best weight of those
+queries. Everything inside the dev split; the test split only shows where each rule's choice on
+the whole dev split lands.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
+
+import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -33,101 +40,131 @@ def main() -> None:
     ap.add_argument("--dev-split", default="train", help="split the weight is chosen on (never the test split)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--model", action="append", help="dense model(s); default: minilm")
+    ap.add_argument("--run", action="append", help="a recipe's run folder (its eval stage's benchmark, models and dev queries)")
     ap.add_argument("--max-seq-length", type=int, default=256)
     ap.add_argument("--depth", type=int, default=100, help="candidates from each retriever")
     ap.add_argument("--lookup-depth", type=int, default=100, help="how deep each list is read to score the other's candidates")
     ap.add_argument("--dev-sizes", default="", help="e.g. 5,10,20,40,80: choose the weight on n dev queries, score it on the rest")
-    ap.add_argument("--draws", type=int, default=500, help="random dev subsets per size (--dev-sizes)")
+    ap.add_argument("--draws", type=int, default=300, help="random dev subsets per size (--dev-sizes)")
+    ap.add_argument("--cache-dir", help="keep the embeddings here for the next run (default: a temporary folder)")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     args = ap.parse_args()
 
     from embedtune.config import ModelConfig
-    from embedtune.corpus import load_beir
-    from embedtune.evaluation import bm25_run, compute_metrics, dense_run, mean_metrics
-    from embedtune.evaluation import choose_fusion
-    from embedtune.fusion import FUSION_METHODS, FusionConfig, fuse_runs
+    from embedtune.errors import ConfigError
+    from embedtune.fusion import FUSION_METHODS, FusionConfig
 
     t0 = time.perf_counter()
-    splits = {}
-    for split in (args.dev_split, args.split):
-        ds = load_beir(args.data, split)
-        ds.queries = {q: text for q, text in ds.queries.items() if q in ds.qrels}
-        splits[split] = ds
-    lexical = {s: bm25_run(ds, top_k=args.lookup_depth)[0] for s, ds in splits.items()}
-    result: dict = {"benchmark": "fusion", "data": args.data, "dev_split": args.dev_split, "split": args.split,
-                    "depth": args.depth, "lookup_depth": args.lookup_depth, "models": {}}
-    result["bm25"] = {"ndcg@10": round(mean_metrics(compute_metrics(splits[args.split].qrels, lexical[args.split]))["ndcg@10"], 4)}
-    for name in args.model or ["minilm"]:
-        cfg = ModelConfig(name=name, max_seq_length=args.max_seq_length)
-        dense = {s: dense_run(cfg, ds, top_k=args.lookup_depth, cache_dir=None, show_progress=False)[0] for s, ds in splits.items()}
-        test_qrels = splits[args.split].qrels
-        row: dict = {"dense": {"ndcg@10": round(mean_metrics(compute_metrics(test_qrels, dense[args.split]))["ndcg@10"], 4)}}
-        for method in FUSION_METHODS:
-            base = FusionConfig(method=method, depth=args.depth)
-            dev = choose_fusion(dense[args.dev_split], lexical[args.dev_split], splits[args.dev_split].qrels, base=base)
-            test = choose_fusion(dense[args.split], lexical[args.split], test_qrels, base=base, alpha=None)  # the oracle argmax
-            at_half = fuse_runs(dense[args.split], lexical[args.split], base)
-            chosen = fuse_runs(dense[args.split], lexical[args.split], dev.config)
-            row[method] = {
-                "dev_weight": dev.config.bm25_weight, "dev_ndcg@10": round(dev.dev_ndcg, 4),
-                "test_ndcg@10_at_dev_weight": round(mean_metrics(compute_metrics(test_qrels, chosen, only=("ndcg@10",)))["ndcg@10"], 4),
-                "test_ndcg@10_at_0.5": round(mean_metrics(compute_metrics(test_qrels, at_half, only=("ndcg@10",)))["ndcg@10"], 4),
-                "oracle_test_weight": test.config.bm25_weight, "oracle_test_ndcg@10": round(test.dev_ndcg, 4),
-                "test_curve": [[w, round(v, 4)] for w, v in test.curve[method]],
-                "dev_curve": [[w, round(v, 4)] for w, v in dev.curve[method]],
-            }
-            if args.dev_sizes and method == FusionConfig().method:  # the default fusion only
-                row[method]["dev_size_study"] = _dev_size_study(
-                    dense[args.dev_split], lexical[args.dev_split], splits[args.dev_split].qrels, base,
-                    [int(n) for n in args.dev_sizes.split(",")], args.draws)
-            print(f"{name} {method}: dev weight {dev.config.bm25_weight} -> test {row[method]['test_ndcg@10_at_dev_weight']} "
-                  f"(oracle {test.config.bm25_weight} -> {test.dev_ndcg:.4f}; w=0.5 {row[method]['test_ndcg@10_at_0.5']})", file=sys.stderr)
-        result["models"][name] = row
+    sizes = [int(n) for n in args.dev_sizes.split(",")] if args.dev_sizes else []
+    result: dict = {"benchmark": "fusion", "depth": args.depth, "lookup_depth": args.lookup_depth, "draws": args.draws}
+    if args.run:
+        result["runs"] = {}
+        for run in args.run:
+            manifest = os.path.join(run, "eval", "manifest.json")
+            if not os.path.isfile(manifest):
+                raise SystemExit(f"error: {manifest}: not found -- --run takes a run folder whose eval stage has run")
+            cfg = json.load(open(manifest))["config"]
+            if not cfg.get("fusion_dev_split"):
+                raise SystemExit(f"error: {manifest}: field 'fusion_dev_split': the run chose no fusion weight on dev (fixed weight)")
+            models = {label: ModelConfig(**m) for label, m in zip(cfg["labels"], cfg["models"])}
+            fusion = FusionConfig(**cfg["fusion"])
+            result["runs"][run] = _study(cfg["benchmark"], cfg["fusion_dev_split"], cfg["split"], cfg["fusion_dev_queries"],
+                                         models, (fusion.method,), fusion, args.lookup_depth, sizes, args.draws, args.cache_dir)
+    else:
+        models = {name: ModelConfig(name=name, max_seq_length=args.max_seq_length) for name in args.model or ["minilm"]}
+        try:
+            result.update(data=args.data, dev_split=args.dev_split, split=args.split)
+            result.update(_study(args.data, args.dev_split, args.split, None, models, FUSION_METHODS,
+                                 FusionConfig(depth=args.depth), args.lookup_depth, sizes, args.draws, args.cache_dir))
+        except ConfigError as e:
+            raise SystemExit(f"error: {e}")
     result["seconds"] = round(time.perf_counter() - t0, 1)
     if args.json:
         print(json.dumps(result))
 
 
-def _dev_size_study(dense, lexical, qrels, base, sizes: list[int], draws: int) -> dict:
-    """For each n: the weight chosen on n random dev queries, scored on the other dev queries, minus
-    weight 0.5 on the same queries (mean, 5th percentile, share of draws below 0.5)."""
-    import numpy as np
+def _study(data, dev_split, split, dev_queries, models, methods, base, lookup_depth, sizes, draws, cache_dir) -> dict:
+    if cache_dir:
+        return _study_in(data, dev_split, split, dev_queries, models, methods, base, lookup_depth, sizes, draws, cache_dir)
+    with tempfile.TemporaryDirectory(prefix="bench-fusion-") as cache:  # each model encodes the corpus once, not per split
+        return _study_in(data, dev_split, split, dev_queries, models, methods, base, lookup_depth, sizes, draws, cache)
 
-    from embedtune.evaluation import FUSION_DEV_ALPHA, compute_metrics, paired_randomization_test
-    from embedtune.fusion import WEIGHT_GRID, fuse_runs
 
-    qids = sorted(q for q in qrels if q in dense)
+def _study_in(data, dev_split, split, dev_queries, models, methods, base, lookup_depth, sizes, draws, cache) -> dict:
+    """Per model and method: the dev choice (each rule) and where it lands on test, the oracle test
+    weight, both curves; with ``sizes``, the rule comparison on subsets of the dev queries."""
+    from embedtune.corpus import load_beir
+    from embedtune.evaluation import (FUSION_RULE, FUSION_RULES, bm25_run, choose_weight, compute_metrics, dense_run,
+                                      fusion_matrix, mean_metrics)
+    from embedtune.fusion import WEIGHT_GRID
+
+    splits = {}
+    for name, s in (("dev", dev_split), ("test", split)):
+        ds = load_beir(data, s)
+        keep = set(ds.qrels) if name == "test" or dev_queries is None else set(dev_queries) & set(ds.qrels)
+        ds.queries = {q: text for q, text in ds.queries.items() if q in keep}
+        ds.qrels = {q: r for q, r in ds.qrels.items() if q in keep}
+        splits[name] = ds
+    lexical = {s: bm25_run(ds, top_k=lookup_depth)[0] for s, ds in splits.items()}
     weights = [float(w) for w in WEIGHT_GRID]
-    per_query = np.zeros((len(qids), len(weights)))
-    for j, w in enumerate(weights):
-        ndcg = compute_metrics(qrels, fuse_runs(dense, lexical, base.model_copy(update={"bm25_weight": w})), only=("ndcg@10",))["ndcg@10"]
-        per_query[:, j] = [ndcg.get(q, 0.0) for q in qids]
+    out: dict = {"dev_queries": len(splits["dev"].qrels), "test_queries": len(splits["test"].qrels),
+                 "bm25": {"ndcg@10": round(mean_metrics(compute_metrics(splits["test"].qrels, lexical["test"]))["ndcg@10"], 4)},
+                 "models": {}}
+    for label, cfg in models.items():
+        dense = {s: dense_run(cfg, ds, top_k=lookup_depth, cache_dir=cache, show_progress=False)[0] for s, ds in splits.items()}
+        row: dict = {"model": cfg.name, "dense": {"ndcg@10": round(mean_metrics(compute_metrics(splits["test"].qrels, dense["test"]))["ndcg@10"], 4)}}
+        for method in methods:
+            fusion = base.model_copy(update={"method": method})
+            dev = fusion_matrix(dense["dev"], lexical["dev"], splits["dev"].qrels, fusion, weights)
+            test = fusion_matrix(dense["test"], lexical["test"], splits["test"].qrels, fusion, weights)
+            test_curve = test.mean(axis=0)
+            oracle = int(np.argmax(np.round(test_curve, 10) - np.abs(np.array(weights) - 0.5) * 1e-9))
+            chosen = {}
+            for rule in FUSION_RULES:
+                w, p = choose_weight(dev, weights, rule=rule)
+                chosen[rule] = {"weight": w, "p_vs_0.5": None if p is None else round(p, 4),
+                                "test_ndcg@10": round(float(test_curve[weights.index(w)]), 4)}
+            row[method] = {
+                "dev_weight": chosen[FUSION_RULE]["weight"], "test_ndcg@10_at_dev_weight": chosen[FUSION_RULE]["test_ndcg@10"],
+                "rules": chosen, "test_ndcg@10_at_0.5": round(float(test_curve[weights.index(0.5)]), 4),
+                "oracle_test_weight": weights[oracle], "oracle_test_ndcg@10": round(float(test_curve[oracle]), 4),
+                "dev_curve": [[w, round(float(v), 4)] for w, v in zip(weights, dev.mean(axis=0))],
+                "test_curve": [[w, round(float(v), 4)] for w, v in zip(weights, test_curve)],
+            }
+            if sizes and method == base.method:
+                row[method]["dev_size_study"] = _dev_size_study(dev, weights, sizes, draws)
+            print(f"{label} {method}: " + ", ".join(f"{r} {c['weight']} -> test {c['test_ndcg@10']}" for r, c in chosen.items())
+                  + f" (oracle {weights[oracle]} -> {test_curve[oracle]:.4f}; 0.5 -> {row[method]['test_ndcg@10_at_0.5']})", file=sys.stderr)
+        out["models"][label] = row
+    return out
+
+
+def _dev_size_study(per_query, weights: list[float], sizes: list[int], draws: int) -> dict:
+    """For each n and rule: the weight chosen on n random dev queries, scored on the other dev queries
+    -- minus weight 0.5 there (mean, 5th percentile, share below), and minus the best weight there."""
+    from embedtune.evaluation import FUSION_RULES, choose_weight
+
     half = weights.index(0.5)
-    # ties go to the weight nearest 0.5, as choose_fusion breaks them
-    tie_break = -np.abs(np.array(weights) - 0.5) * 1e-9
     rng = np.random.default_rng(0)
     out = {}
     for n in sizes:
-        if n >= len(qids):
+        if n >= per_query.shape[0]:
             continue
-        gains, chosen, kept = [], [], []
+        gains = {r: [] for r in FUSION_RULES}
+        regrets = {r: [] for r in FUSION_RULES}
         for _ in range(draws):
-            pick = np.zeros(len(qids), bool)
-            pick[rng.choice(len(qids), n, replace=False)] = True
-            w = int(np.argmax(np.round(per_query[pick].mean(0), 10) + tie_break))
-            rest = per_query[~pick]
-            gains.append(rest[:, w].mean() - rest[:, half].mean())
-            chosen.append(weights[w])
-            # the rule eval uses: leave 0.5 only when the chosen weight beats it significantly on the drawn queries
-            p = paired_randomization_test(per_query[pick, half], per_query[pick, w], permutations=1000)["p_value"] if w != half else 1.0
-            kept.append(rest[:, w if p < FUSION_DEV_ALPHA else half].mean() - rest[:, half].mean())
-        g = np.array(gains)
-        out[str(n)] = {"mean_gain_vs_0.5": round(float(g.mean()), 4), "p5_gain_vs_0.5": round(float(np.percentile(g, 5)), 4),
-                       "share_below_0.5": round(float((g < 0).mean()), 3), "weight_sd": round(float(np.std(chosen)), 3),
-                       "significant_only_mean_gain_vs_0.5": round(float(np.mean(kept)), 4),
-                       "significant_only_p5_gain_vs_0.5": round(float(np.percentile(kept, 5)), 4),
-                       "significant_only_share_below_0.5": round(float((np.array(kept) < 0).mean()), 3)}
-        print(f"  dev size {n}: vs 0.5 on the other dev queries {out[str(n)]}", file=sys.stderr)
+            pick = np.zeros(per_query.shape[0], bool)
+            pick[rng.choice(per_query.shape[0], n, replace=False)] = True
+            rest = per_query[~pick].mean(axis=0)
+            for rule in FUSION_RULES:
+                w, _ = choose_weight(per_query[pick], weights, rule=rule)
+                gains[rule].append(rest[weights.index(w)] - rest[half])
+                regrets[rule].append(rest[weights.index(w)] - rest.max())
+        out[str(n)] = {rule: {"mean_gain_vs_0.5": round(float(np.mean(g)), 4), "p5_gain_vs_0.5": round(float(np.percentile(g, 5)), 4),
+                              "share_below_0.5": round(float(np.mean(np.array(g) < 0)), 3),
+                              "mean_vs_best": round(float(np.mean(regrets[rule])), 4)} for rule, g in gains.items()}
+        print(f"  dev size {n}: " + "; ".join(f"{r} {v['mean_gain_vs_0.5']:+.4f} vs 0.5, {v['mean_vs_best']:+.4f} vs best"
+                                           for r, v in out[str(n)].items()), file=sys.stderr)
     return out
 
 

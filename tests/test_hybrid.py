@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from embedtune.errors import IndexMismatchError
-from embedtune.evaluation import choose_fusion
+from embedtune.errors import ConfigError, IndexMismatchError
+from embedtune.evaluation import choose_fusion, choose_weight
 from embedtune.fusion import FusionConfig, fuse_scores
 from embedtune.index import build_index, open_index, query_index, read_fusion, update_index, write_fusion
 from test_index import QUERIES, V1, V2, make_cfg, write_corpus
@@ -54,11 +55,14 @@ def test_minmax_and_rrf_fusion_match_hand_computation():
 
 def test_fusion_weight_bounds_are_config_errors():
     from embedtune.config import build_config
-    from embedtune.errors import ConfigError
+    from embedtune.evaluation import EvalConfig
 
     for bad in ({"bm25_weight": 1.5}, {"bm25_weight": -0.1}, {"rrf_k": 0}, {"method": "max"}):
         with pytest.raises(ConfigError):
             build_config(FusionConfig, bad, source="test")
+    with pytest.raises(ConfigError, match="fusion_rule"):
+        build_config(EvalConfig, {"benchmark": "x", "fusion_rule": "best"}, source="test")
+    assert build_config(EvalConfig, {"benchmark": "x", "fusion_rule": "bagged"}, source="test").fusion_rule == "bagged"
 
 
 def test_choose_fusion_finds_the_weight_that_ranks_the_relevant_document_first():
@@ -66,7 +70,7 @@ def test_choose_fusion_finds_the_weight_that_ranks_the_relevant_document_first()
     dense = {"q1": {"a": 0.9, "b": 0.8, "rel": 0.7}, "q2": {"rel": 0.9, "x": 0.8, "y": 0.1}}
     lexical = {"q1": {"rel": 9.0, "a": 1.0}, "q2": {"x": 5.0, "rel": 4.9, "z": 1.0}}  # w in (0.5, 0.83) ranks both
     qrels = {"q1": {"rel": 1}, "q2": {"rel": 1}}
-    choice = choose_fusion(dense, lexical, qrels, base=FusionConfig(method="minmax"), alpha=None)
+    choice = choose_fusion(dense, lexical, qrels, base=FusionConfig(method="minmax"), rule="argmax")
     assert choice.dev_ndcg == pytest.approx(1.0)
     assert 0.0 < choice.config.bm25_weight < 1.0  # neither retriever alone gets both queries right
     assert [w for w, _ in choice.curve["minmax"]][0] == 0.0 and choice.curve["minmax"][0][1] < 1.0
@@ -74,7 +78,7 @@ def test_choose_fusion_finds_the_weight_that_ranks_the_relevant_document_first()
     # by default the dev argmax must beat the a-priori weight significantly: 2 queries cannot
     kept = choose_fusion(dense, lexical, qrels, base=FusionConfig(method="minmax"))
     assert kept.config.bm25_weight == 0.5 and kept.dev_ndcg < 1.0
-    assert kept.p_value >= 0.05 and "kept bm25_weight 0.5" in kept.source
+    assert kept.p_value >= 0.05 and "kept bm25_weight 0.5" in kept.source and kept.as_dict()["rule"] == "significant"
     assert kept.as_dict()["p_vs_default_weight"] == pytest.approx(kept.p_value, abs=1e-4)
     # 12 such queries can: the chosen weight ships
     many_dense = {f"{q}-{i}": r for i in range(6) for q, r in dense.items()}
@@ -166,3 +170,29 @@ def test_eval_hybrid_rows(tmp_path, tiny_model_dir):
     bad = CliRunner().invoke(app, ["eval", "--model", tiny_model_dir, "--benchmark", str(data), "--split", "test", "--hybrid",
                                    "--fusion-dev-split", "test", "--out", str(tmp_path / "ev2")])
     assert bad.exit_code == 4 and "fusion_dev_split" in bad.output
+
+
+def test_choose_weight_rules_on_a_clear_optimum_and_on_noise():
+    weights = [0.0, 0.25, 0.5, 0.75, 1.0]
+    rng = np.random.default_rng(0)
+    # 60 queries that all peak at 0.25: every rule leaves 0.5, the significance test agrees
+    clear = np.array([[0.5, 0.9, 0.7, 0.4, 0.2]]) + rng.normal(0, 0.05, (60, 5))
+    for rule in ("argmax", "bagged", "lcb", "significant"):
+        w, p = choose_weight(clear, weights, rule=rule)
+        assert w == 0.25 and p < 0.05, rule
+    # 6 queries, each best at another weight (two at 0.0): the argmax follows the one extra query to
+    # 0.0, "significant" keeps the prior and says why (p), "bagged" averages argmaxes spread over the
+    # grid back toward the middle, "lcb" finds no weight whose gain's lower bound is above 0
+    noise = np.eye(5)[[0, 0, 1, 2, 3, 4]]
+    w_argmax, _ = choose_weight(noise, weights, rule="argmax")
+    w_sig, p = choose_weight(noise, weights, rule="significant")
+    w_bag, _ = choose_weight(noise, weights, rule="bagged")
+    assert w_argmax != 0.5 and w_sig == 0.5 and p >= 0.05
+    assert choose_weight(noise, weights, rule="lcb") == (0.5, None)
+    assert abs(w_bag - 0.5) < abs(w_argmax - 0.5)
+    # a tie keeps the prior; a prior outside the grid or an unknown rule is a one-line error
+    assert choose_weight(np.ones((4, 5)), weights, rule="argmax") == (0.5, None)
+    with pytest.raises(ConfigError, match="not among the weights"):
+        choose_weight(clear, weights, prior=0.3)
+    with pytest.raises(ConfigError, match="fusion rule must be one of"):
+        choose_weight(clear, weights, rule="best")

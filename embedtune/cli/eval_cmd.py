@@ -25,6 +25,7 @@ def eval_command(
     fusion_method: str = typer.Option(None, "--fusion-method", help="zscore | minmax | rrf (default: zscore)."),
     bm25_weight: float = typer.Option(None, "--bm25-weight", help="Fixed BM25 weight in [0, 1] for hybrid rows (skips choosing it on dev)."),
     fusion_dev_split: str = typer.Option(None, "--fusion-dev-split", help="Qrels split the fusion weight is chosen on (default: 'dev' when there is one; never the evaluated split)."),
+    fusion_rule: str = typer.Option(None, "--fusion-rule", help="How the weight is picked from the dev curve: significant (default: leave 0.5 only on a significant dev gain) | bagged | lcb | argmax."),
     out: Path = typer.Option(None, "--out", "-o", help="Folder for metrics.json, report.md and plots (default: runs/eval-<time>)."),
     config: Path = typer.Option(None, "--config", help="YAML with EvalConfig keys; flags override it."),
     query_prompt: opt.QueryPrompt = None,
@@ -58,7 +59,7 @@ def eval_command(
         base["models"] = [deep_merge(m, model_over) for m in base.get("models", [])]
     overrides = {"benchmark": benchmark, "split": split, "bm25": bm25, "depth": depth, "skip_unknown_ids": skip_unknown_ids, "seed": seed,
                  "cache_dir": str(cache_dir) if cache_dir else None, "labels": labels or None,
-                 "hybrid": hybrid, "fusion_dev_split": fusion_dev_split,
+                 "hybrid": hybrid, "fusion_dev_split": fusion_dev_split, "fusion_rule": fusion_rule,
                  "fusion": {k: v for k, v in {"method": fusion_method, "bm25_weight": bm25_weight}.items() if v is not None}}
     cfg = load_config(EvalConfig, None, deep_merge(base, overrides))
     out = out or Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S")
