@@ -281,15 +281,15 @@ def choose_fusion(
     base = base or FusionConfig()
     methods = methods or (base.method,)
     qrels = {q: r for q, r in qrels.items() if q in dense}
-    qids = sorted(qrels)
     grid = sorted(set(weights) | {base.bm25_weight})
     best: FusionChoice | None = None
     curve: dict[str, list[tuple[float, float]]] = {}
     for method in methods:
         per_query = fusion_matrix(dense, lexical, qrels, base.model_copy(update={"method": method}), grid)
-        curve[method] = [(float(w), float(per_query[:, j].mean()) if qids else 0.0) for j, w in enumerate(grid) if w in weights]
+        means = per_query.mean(axis=0) if qrels else np.zeros(len(grid))
+        curve[method] = [(float(w), float(m)) for w, m in zip(grid, means) if w in weights]
         w, p = choose_weight(per_query, grid, prior=base.bm25_weight, rule=rule)
-        score = float(per_query[:, grid.index(w)].mean()) if qids else 0.0
+        score = float(means[grid.index(w)])
         if best is None or round(score, 10) > round(best.dev_ndcg, 10):
             note = source
             if rule == "significant" and p is not None and w == base.bm25_weight:

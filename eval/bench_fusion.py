@@ -22,6 +22,7 @@ the whole dev split lands.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -51,48 +52,49 @@ def main() -> None:
     args = ap.parse_args()
 
     from embedtune.config import ModelConfig
-    from embedtune.errors import ConfigError
+    from embedtune.errors import EmbedtuneError
     from embedtune.fusion import FUSION_METHODS, FusionConfig
+    from embedtune.run_folder import read_manifest
 
     t0 = time.perf_counter()
     sizes = [int(n) for n in args.dev_sizes.split(",")] if args.dev_sizes else []
     result: dict = {"benchmark": "fusion", "depth": args.depth, "lookup_depth": args.lookup_depth, "draws": args.draws}
-    if args.run:
-        result["runs"] = {}
-        for run in args.run:
-            manifest = os.path.join(run, "eval", "manifest.json")
-            if not os.path.isfile(manifest):
-                raise SystemExit(f"error: {manifest}: not found -- --run takes a run folder whose eval stage has run")
-            cfg = json.load(open(manifest))["config"]
-            if not cfg.get("fusion_dev_split"):
-                raise SystemExit(f"error: {manifest}: field 'fusion_dev_split': the run chose no fusion weight on dev (fixed weight)")
-            models = {label: ModelConfig(**m) for label, m in zip(cfg["labels"], cfg["models"])}
-            fusion = FusionConfig(**cfg["fusion"])
-            result["runs"][run] = _study(cfg["benchmark"], cfg["fusion_dev_split"], cfg["split"], cfg["fusion_dev_queries"],
-                                         models, (fusion.method,), fusion, args.lookup_depth, sizes, args.draws, args.cache_dir)
-    else:
-        models = {name: ModelConfig(name=name, max_seq_length=args.max_seq_length) for name in args.model or ["minilm"]}
-        try:
+    try:
+        if args.run:
+            result["runs"] = {}
+            for run in args.run:
+                manifest = read_manifest(os.path.join(run, "eval"))
+                where = os.path.join(run, "eval", "manifest.json")
+                if manifest is None:
+                    raise SystemExit(f"error: {where}: not found -- --run takes a run folder whose eval stage has run")
+                cfg = manifest["config"]
+                if not cfg.get("fusion_dev_split"):
+                    raise SystemExit(f"error: {where}: field 'fusion_dev_split': the run chose no fusion weight on dev (fixed weight)")
+                models = {label: ModelConfig(**m) for label, m in zip(cfg["labels"], cfg["models"])}
+                fusion = FusionConfig(**cfg["fusion"])
+                result["runs"][run] = _study(cfg["benchmark"], cfg["fusion_dev_split"], cfg["split"], cfg["fusion_dev_queries"],
+                                             models, (fusion.method,), fusion, args.lookup_depth, sizes, args.draws, args.cache_dir)
+        else:
+            models = {name: ModelConfig(name=name, max_seq_length=args.max_seq_length) for name in args.model or ["minilm"]}
             result.update(data=args.data, dev_split=args.dev_split, split=args.split)
             result.update(_study(args.data, args.dev_split, args.split, None, models, FUSION_METHODS,
                                  FusionConfig(depth=args.depth), args.lookup_depth, sizes, args.draws, args.cache_dir))
-        except ConfigError as e:
-            raise SystemExit(f"error: {e}")
+    except EmbedtuneError as e:
+        raise SystemExit(f"error: {e}")
     result["seconds"] = round(time.perf_counter() - t0, 1)
     if args.json:
         print(json.dumps(result))
 
 
 def _study(data, dev_split, split, dev_queries, models, methods, base, lookup_depth, sizes, draws, cache_dir) -> dict:
-    if cache_dir:
-        return _study_in(data, dev_split, split, dev_queries, models, methods, base, lookup_depth, sizes, draws, cache_dir)
-    with tempfile.TemporaryDirectory(prefix="bench-fusion-") as cache:  # each model encodes the corpus once, not per split
+    """Per model and method: the dev choice (each rule) and where it lands on test, the oracle test
+    weight, both curves; with ``sizes``, the rule comparison on subsets of the dev queries."""
+    # an embedding cache, kept in --cache-dir or a temporary folder: each model encodes the corpus once, not per split
+    with contextlib.nullcontext(cache_dir) if cache_dir else tempfile.TemporaryDirectory(prefix="bench-fusion-") as cache:
         return _study_in(data, dev_split, split, dev_queries, models, methods, base, lookup_depth, sizes, draws, cache)
 
 
 def _study_in(data, dev_split, split, dev_queries, models, methods, base, lookup_depth, sizes, draws, cache) -> dict:
-    """Per model and method: the dev choice (each rule) and where it lands on test, the oracle test
-    weight, both curves; with ``sizes``, the rule comparison on subsets of the dev queries."""
     from embedtune.corpus import load_beir
     from embedtune.evaluation import (FUSION_RULE, FUSION_RULES, bm25_run, choose_weight, compute_metrics, dense_run,
                                       fusion_matrix, mean_metrics)
@@ -118,7 +120,7 @@ def _study_in(data, dev_split, split, dev_queries, models, methods, base, lookup
             dev = fusion_matrix(dense["dev"], lexical["dev"], splits["dev"].qrels, fusion, weights)
             test = fusion_matrix(dense["test"], lexical["test"], splits["test"].qrels, fusion, weights)
             test_curve = test.mean(axis=0)
-            oracle = int(np.argmax(np.round(test_curve, 10) - np.abs(np.array(weights) - 0.5) * 1e-9))
+            oracle = weights.index(choose_weight(test, weights, rule="argmax")[0])  # the best weight on test, ties as on dev
             chosen = {}
             for rule in FUSION_RULES:
                 w, p = choose_weight(dev, weights, rule=rule)

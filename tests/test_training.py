@@ -21,6 +21,7 @@ from tiny_models import VOCAB_WORDS, build_tiny_bert
 
 from embedtune.cli import app
 from embedtune.errors import ConfigError, InputError
+from embedtune.losses import KNOWN_POSITIVE_LOSSES
 from embedtune.run_folder import write_manifest
 from embedtune.mined import load_mined
 from embedtune.training import TrainConfig, train_model
@@ -310,7 +311,7 @@ def test_every_loss_trains(tmp_path, trainable_model_dir, loss):
     expected = {"cached_mnrl": "KnownPositivesCachedMNRL", "gist": "GISTEmbedLoss", "margin_mse": "MarginMSELoss",
                 "listwise_kl": "DistillKLDivLoss", "mnrl": "MatryoshkaLoss"}[loss["name"]]
     assert [type(b).__name__ for b in built] == [expected]  # the loss asked for, no silent fallback
-    if loss["name"] in ("cached_mnrl", "mnrl"):  # the masked count reaches the manifest (also through MatryoshkaLoss)
+    if loss["name"] in KNOWN_POSITIVE_LOSSES:  # the masked count reaches the manifest (also through MatryoshkaLoss)
         assert manifest["metrics"]["rows"]["masked_in_batch_known_positives"] >= 0
     if expected == "MatryoshkaLoss":
         assert type(built[0].loss).__name__ in ("KnownPositivesMNRL", "MultipleNegativesRankingLoss")
