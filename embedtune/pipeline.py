@@ -127,7 +127,10 @@ def _select_config(p: "Pipeline") -> StrictModel:
 def _select(p: "Pipeline", cfg: Any, rerun: bool, progress: bool) -> dict[str, Any]:
     from .selection import run_selection
 
-    return run_selection(cfg, p.configs["train"].model, p.folder.stage_dir("train"), p.dev_split(), p.folder.stage_dir("select"), overwrite=rerun)
+    teacher = p.configs["mine"].hybrid_teacher  # the teacher_guard judges as mining's teacher did
+    return run_selection(cfg, p.configs["train"].model, p.folder.stage_dir("train"), p.dev_split(), p.folder.stage_dir("select"),
+                         overwrite=rerun, pseudo_queries=p.cfg.data.pairs == "self",
+                         teacher_bm25_weight=teacher.bm25_weight if teacher is not None else 0.5)
 
 
 def _index_config(p: "Pipeline") -> StrictModel:

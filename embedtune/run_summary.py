@@ -27,6 +27,10 @@ def headline(run_dir: str | Path) -> dict[str, Any]:
         sel = json.loads(selection.read_text())
         out["shipped"] = {"model": sel["shipped"], "alpha": sel["alpha"], "why": sel["why"], "beat_base": sel["beat_base"],
                           "dev_ndcg@10": {c["name"]: round(c["dev_ndcg@10"], 4) for c in sel["candidates"]}}
+        guards = {c["name"]: {g: {"ndcg@10": round(v["ndcg@10"], 4), "p_value": round(v["p_value"], 4)} for g, v in c["guards"].items()}
+                  for c in sel["candidates"] if c.get("guards")}
+        if guards:  # each candidate on each guard (teacher(dev) for pseudo-queries, the config's benchmarks)
+            out["shipped"]["guards"] = guards
     index_manifest, train_manifest = run_dir / "index" / "manifest.json", run_dir / "train" / "manifest.json"
     if index_manifest.is_file() and train_manifest.is_file():
         # whether the shipped model's document vectors differ from the base model's: with a

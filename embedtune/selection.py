@@ -5,7 +5,13 @@ The candidates are the base model, the tuned model and the two merged with weigh
 training used (a real dev split, or the queries it held out -- pseudo-queries when there are no
 labels; never the test split) and on every guard benchmark the config lists. A candidate that is
 significantly worse than the base on a guard (p < 0.05, paired randomization test) is out; the
-best of the rest on dev ships. When that is the base, ``run`` says so and exits with code 8
+best of the rest on dev ships.
+
+Pseudo-queries judged by the document they were cut from reward learning the pseudo-query task
+itself: on the demo corpus and NFCorpus that dev signal rose while real queries did not follow
+(eval/results/distillation.md). So when the dev queries are pseudo-queries, the same queries judged
+by the hybrid teacher (BM25 fused with the base model; its top 10, graded 10..1) are one more guard,
+``teacher(dev)`` (``teacher_guard``). When that is the base, ``run`` says so and exits with code 8
 (nothing beat the base): a user never ships a regression without being told.
 
 Writes ``model/`` (the chosen weights), ``selection.json`` (every candidate's scores) and
@@ -34,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("embedtune")
 
 STAGE = "select"
+TEACHER_GUARD = "teacher(dev)"  # the guard of the dev queries judged by the hybrid teacher
 
 
 class SelectConfig(StrictModel):
@@ -45,6 +52,9 @@ class SelectConfig(StrictModel):
                              "model may be significantly worse than the base.")
     guard_p_value: float = Field(0.05, gt=0, lt=1, description="A candidate significantly worse than the base on a guard at this level is out.")
     permutations: int = Field(2000, ge=100, description="Permutations of the paired tests on guards.")
+    teacher_guard: bool | None = Field(None, description="Also judge the dev queries by the hybrid teacher (BM25 fused "
+                                       "with the base model, its top 10): a candidate significantly worse than the base "
+                                       "there is out. null: on when the dev queries are pseudo-queries (pairs: self).")
 
     @field_validator("alphas")
     @classmethod
@@ -65,12 +75,11 @@ class SelectConfig(StrictModel):
         return v
 
 
-def _per_query_ndcg(model: "LoadedModel | SentenceTransformer", cfg: ModelConfig, queries: dict[str, str], corpus: dict[str, str],
-                    qrels: dict[str, dict[str, int]], doc_vectors: dict[int, np.ndarray] | None = None) -> dict[str, float]:
-    """Per-query nDCG@10. ``doc_vectors`` (given for the base and query-side candidates, whose
-    documents all go through the base encoder) keeps the corpus vectors by corpus: encoded once."""
+def _search(model: "LoadedModel | SentenceTransformer", cfg: ModelConfig, queries: dict[str, str], corpus: dict[str, str],
+            doc_vectors: dict[int, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
+    """Each query's top 100 documents. ``doc_vectors`` (given for the base and query-side candidates,
+    whose documents all go through the base encoder) keeps the corpus vectors by corpus: encoded once."""
     from .encoding import encode_texts
-    from .evaluation import compute_metrics
     from .search import exact_search
 
     doc_ids = list(corpus)
@@ -84,8 +93,30 @@ def _per_query_ndcg(model: "LoadedModel | SentenceTransformer", cfg: ModelConfig
     qv = encode_texts(model, [queries[q] for q in qids], prompt=cfg.query_prompt, batch_size=cfg.batch_size,
                       precision=cfg.precision, show_progress=False, task="query")
     scores, idx = exact_search(qv, docs, min(100, len(doc_ids)))
-    run = {q: {doc_ids[j]: float(s) for s, j in zip(scores[i], idx[i])} for i, q in enumerate(qids)}
-    return compute_metrics(qrels, run, only=("ndcg@10",))["ndcg@10"]
+    return {q: {doc_ids[j]: float(s) for s, j in zip(scores[i], idx[i])} for i, q in enumerate(qids)}
+
+
+def _ndcg(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Per-query nDCG@10 of every judged query (0 for one the run misses)."""
+    from .evaluation import compute_metrics
+
+    scores = compute_metrics(qrels, run, only=("ndcg@10",))["ndcg@10"]
+    return {q: scores.get(q, 0.0) for q in qrels}
+
+
+def teacher_judgements(base_run: dict[str, dict[str, float]], queries: dict[str, str], corpus: dict[str, str],
+                       bm25_weight: float) -> dict[str, dict[str, int]]:
+    """The hybrid teacher's verdict on each query: its top 10 -- BM25 over ``corpus`` fused (z-score,
+    ``bm25_weight``) with the base model's ranking ``base_run`` -- graded 10 (first) to 1."""
+    from .fusion import FusionConfig, fuse_runs
+    from .lexical import bm25_index, bm25_retrieve
+
+    doc_ids, qids = list(corpus), list(queries)
+    hits = bm25_retrieve(bm25_index([corpus[d] for d in doc_ids]), [queries[q] for q in qids], 100)
+    lexical = {q: {doc_ids[int(r)]: float(s) for r, s in zip(rows, scores)} for q, (rows, scores) in zip(qids, hits)}
+    fused = fuse_runs({q: base_run[q] for q in qids}, lexical, FusionConfig(bm25_weight=bm25_weight))
+    return {q: {d: 10 - i for i, (d, _) in enumerate(sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))[:10])}
+            for q, docs in fused.items()}
 
 
 def _guard_data(source: str) -> tuple[str, dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
@@ -103,9 +134,14 @@ def select_model(
     tuned_dir: str | Path,
     dev: "DevSplit",
     out_dir: str | Path,
+    *,
+    pseudo_queries: bool = False,
+    teacher_bm25_weight: float = 0.5,
 ) -> dict[str, Any]:
     """Score every candidate, save the one that ships into ``out_dir/model``; returns the
-    selection (candidates with their dev and guard scores, the chosen alpha, why)."""
+    selection (candidates with their dev and guard scores, the chosen alpha, why).
+    ``pseudo_queries``: the dev queries were derived from the corpus (turns ``teacher_guard`` on
+    when it is null); ``teacher_bm25_weight``: the teacher's BM25 weight (mining's)."""
     from .evaluation import paired_randomization_test
     from .io import atomic_write_json, save_model_atomically
     from .merging import merge_models
@@ -118,6 +154,8 @@ def select_model(
     tuned_model = load_model(base.model_copy(update={"name": str(tuned_dir)}))
     dev_qrels = {q: {d: 1 for d in docs} for q, docs in dev.relevant.items()}
     guards = [_guard_data(g) for g in cfg.guard]
+    teacher_guard = pseudo_queries if cfg.teacher_guard is None else cfg.teacher_guard
+    teacher_qrels: dict[str, dict[str, int]] = {}
     candidates: list[dict[str, Any]] = []
     dev_scores: dict[float, dict[str, float]] = {}
     base_guard: dict[str, dict[str, float]] = {}
@@ -137,24 +175,28 @@ def select_model(
     for alpha in cfg.alphas:
         model = candidate(alpha)
         shared = base_docs if alpha == 0.0 or query_side else None
-        per_query = _per_query_ndcg(model, base, dev.queries, dev.corpus, dev_qrels, shared)
+        dev_run = _search(model, base, dev.queries, dev.corpus, shared)
+        per_query = _ndcg(dev_qrels, dev_run)
         dev_scores[alpha] = per_query
         cand = {"alpha": alpha, "name": _name(alpha), "dev_ndcg@10": float(np.mean(list(per_query.values()))), "guards": {}}
+        if teacher_guard and alpha == 0.0:  # the base is the first candidate: its ranking is half the teacher
+            teacher_qrels = teacher_judgements(dev_run, dev.queries, dev.corpus, teacher_bm25_weight)
+        guard_scores = {TEACHER_GUARD: _ndcg(teacher_qrels, dev_run)} if teacher_guard else {}
         for name, queries, corpus, qrels in guards:
-            scores = _per_query_ndcg(model, base, queries, corpus, qrels, shared)
+            guard_scores[name] = _ndcg(qrels, _search(model, base, queries, corpus, shared))
+        for name, scores in guard_scores.items():
             if alpha == 0.0:
                 base_guard[name] = scores
             qids = sorted(scores)
             test = paired_randomization_test([base_guard[name][q] for q in qids], [scores[q] for q in qids],
                                              permutations=cfg.permutations)
             cand["guards"][name] = {"ndcg@10": float(np.mean(list(scores.values()))), "delta": test["delta"], "p_value": test["p_value"]}
-        cand["qualified"] = all(not (g["delta"] < 0 and g["p_value"] < cfg.guard_p_value) for g in cand["guards"].values())
+        cand["lost_on"] = [n for n, g in cand["guards"].items() if g["delta"] < 0 and g["p_value"] < cfg.guard_p_value]
+        cand["qualified"] = not cand["lost_on"]
         log.info("select: %s dev nDCG@10 %.4f%s", cand["name"], cand["dev_ndcg@10"],
                  "".join(f", {n} {g['ndcg@10']:.4f}" for n, g in cand["guards"].items()))
         candidates.append(cand)
-    chosen, why = choose_candidate(candidates, dev_scores)
-    if guards:
-        why += ", no significant loss on any guard" if chosen["alpha"] > 0.0 else " without a significant loss on a guard"
+    chosen, why = choose_candidate(candidates, dev_scores, guarded=bool(guards) or teacher_guard)
     save_model_atomically(candidate(chosen["alpha"]), out / "model")
     selection = {"shipped": chosen["name"], "alpha": chosen["alpha"], "why": why, "beat_base": chosen["alpha"] > 0.0,
                  "dev": dev.description, "candidates": candidates, "seconds": round(time.perf_counter() - t0, 1)}
@@ -162,8 +204,9 @@ def select_model(
     return selection
 
 
-def choose_candidate(candidates: list[dict[str, Any]], dev_scores: dict[float, dict[str, float]]) -> tuple[dict[str, Any], str]:
-    """The candidate that ships, and why.
+def choose_candidate(candidates: list[dict[str, Any]], dev_scores: dict[float, dict[str, float]], *,
+                     guarded: bool = False) -> tuple[dict[str, Any], str]:
+    """The candidate that ships, and why (``guarded``: the candidates were also scored on guards).
 
     Only a qualified candidate that beats the base on dev can ship; otherwise the base does. Of
     those, the best on dev -- but a merge replaces the tuned model only when it is better by more
@@ -174,7 +217,16 @@ def choose_candidate(candidates: list[dict[str, Any]], dev_scores: dict[float, d
     base = next(c for c in candidates if c["alpha"] == 0.0)
     better = [c for c in candidates if c["qualified"] and c["alpha"] > 0.0 and c["dev_ndcg@10"] > base["dev_ndcg@10"]]
     if not better:
-        return base, "no candidate beat the base model on dev"
+        vetoed = [c for c in candidates if c["alpha"] > 0.0 and c["dev_ndcg@10"] > base["dev_ndcg@10"]]
+        if vetoed:
+            lost = sorted({g for c in vetoed for g in c.get("lost_on", [])})
+            return base, f"{', '.join(c['name'] for c in vetoed)} beat the base model on dev but lost significantly on {', '.join(lost)}"
+        return base, "no candidate beat the base model on dev" + (" without a significant loss on a guard" if guarded else "")
+    chosen, why = _best_of(better, base, dev_scores)
+    return chosen, why + (", no significant loss on any guard" if guarded else "")
+
+
+def _best_of(better: list[dict[str, Any]], base: dict[str, Any], dev_scores: dict[float, dict[str, float]]) -> tuple[dict[str, Any], str]:
     best = max(better, key=lambda c: (c["dev_ndcg@10"], c["alpha"]))
     tuned = next((c for c in better if c["alpha"] == 1.0), None)
     if tuned is not None and best is not tuned:
@@ -192,7 +244,7 @@ def _name(alpha: float) -> str:
 
 
 def run_selection(cfg: SelectConfig, base: ModelConfig, train_dir: Path, dev: "DevSplit | None", out_dir: Path, *,
-                  overwrite: bool) -> dict[str, Any]:
+                  overwrite: bool, pseudo_queries: bool = False, teacher_bm25_weight: float = 0.5) -> dict[str, Any]:
     """The stage: skipped when the tuned model, the dev split and the settings did not change."""
     import json
 
@@ -201,7 +253,7 @@ def run_selection(cfg: SelectConfig, base: ModelConfig, train_dir: Path, dev: "D
     from .models import model_fingerprint, resolve_model_path
 
     inputs = {"base": model_fingerprint(resolve_model_path(base.name)), "tuned": hash_path(train_dir / "model"),
-              "dev": dev.description if dev else "none"}
+              "dev": dev.description if dev else "none", "pseudo_queries": pseudo_queries, "teacher_bm25_weight": teacher_bm25_weight}
     key = stage_key({"select": cfg.model_dump(mode="json"), "model": base.model_dump(mode="json")}, inputs)
     if prepare_run_folder(out_dir, STAGE, key, overwrite=overwrite):
         return {"skipped": True, **json.loads((out_dir / "selection.json").read_text())}
@@ -214,7 +266,8 @@ def run_selection(cfg: SelectConfig, base: ModelConfig, train_dir: Path, dev: "D
                      "beat_base": None, "dev": None, "candidates": [], "seconds": 0.0}
         atomic_write_json(out_dir / "selection.json", selection)
     else:
-        selection = select_model(cfg, base, train_dir / "model", dev, out_dir)
+        selection = select_model(cfg, base, train_dir / "model", dev, out_dir, pseudo_queries=pseudo_queries,
+                                 teacher_bm25_weight=teacher_bm25_weight)
     write_manifest(out_dir, stage=STAGE, key=key, config=cfg, inputs=inputs,
                    metrics=selection,
                    timings={"total_seconds": selection["seconds"]}, artifacts=["model", "selection.json"])

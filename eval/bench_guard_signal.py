@@ -5,8 +5,9 @@ pseudo-queries, each judged by the document it was cut from. On the demo corpus 
 students that were no better than the base on real queries (eval/results/distillation.md). This
 scores a finished no-label run's base and tuned models on the same held-out pseudo-queries two ways:
 judged by their source document (what select uses) and by the hybrid teacher's top 10 (BM25 fused
-with the base model, graded 10..1) -- #16's "held-out pseudo-queries scored against the teacher" --
-each with the paired test tuned vs base. Compare the deltas with the run's real test deltas.
+with the base model, graded 10..1; ``selection.teacher_judgements``, what select's teacher guard uses)
+-- each with the paired test tuned vs base. Compare the deltas with the run's real test deltas.
+Unlike select, which searches the dev split's corpus sample, this searches the whole corpus.
 
     python eval/bench_guard_signal.py --run runs/unsupervised --json
 """
@@ -25,15 +26,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="folder of a finished `embedtune run` with pairs: self")
-    ap.add_argument("--depth", type=int, default=100, help="candidates from each retriever")
+    ap.add_argument("--depth", type=int, default=100, help="candidates from the dense retriever")
+    ap.add_argument("--teacher-bm25-weight", type=float, default=0.5, help="the teacher's BM25 weight (the recipe's)")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     args = ap.parse_args()
 
     from embedtune.config import ModelConfig
     from embedtune.corpus import BeirDataset, load_corpus
-    from embedtune.evaluation import bm25_run, compute_metrics, dense_run, paired_randomization_test
-    from embedtune.fusion import FusionConfig, fuse_runs
+    from embedtune.evaluation import compute_metrics, dense_run, paired_randomization_test
     from embedtune.pipeline import Pipeline, PipelineConfig
+    from embedtune.selection import teacher_judgements
 
     run = Path(args.run)
     if not (run / "pipeline.json").is_file():
@@ -47,11 +49,9 @@ def main() -> None:
     corpus = load_corpus(pipeline.corpus())  # the whole corpus the run mined, not the dev search's sample
     ds = BeirDataset(path=run, split="dev", corpus=corpus, queries=dev.queries,
                      qrels={q: {d: 1 for d in docs} for q, docs in dev.relevant.items()})
-    lexical = bm25_run(ds, top_k=args.depth)[0]
     models = {"base": cfg.model, "tuned": ModelConfig(**pipeline.model_config(run / "train" / "model"))}
     runs = {name: dense_run(m, ds, top_k=args.depth, cache_dir=None, show_progress=False)[0] for name, m in models.items()}
-    teacher = fuse_runs(runs["base"], lexical, FusionConfig())
-    teacher_qrels = {q: {d: 10 - i for i, (d, _) in enumerate(sorted(r.items(), key=lambda x: -x[1])[:10])} for q, r in teacher.items()}
+    teacher_qrels = teacher_judgements(runs["base"], ds.queries, {d: doc.full_text for d, doc in corpus.items()}, args.teacher_bm25_weight)
     result = {"benchmark": "guard_signal", "run": str(run), "dev": dev.description, "dev_queries": len(ds.qrels)}
     for signal, qrels in (("source_document", ds.qrels), ("teacher_top10", teacher_qrels)):
         per_query = {n: compute_metrics(qrels, r, only=("ndcg@10",))["ndcg@10"] for n, r in runs.items()}

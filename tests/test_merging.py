@@ -80,6 +80,7 @@ def test_guard_ships_the_base_after_a_harmful_training(tmp_path, tiny_model_dir,
     selection = json.loads((run_dir / "select" / "selection.json").read_text())
     for cand in selection["candidates"]:  # every candidate was also scored on the guard benchmark
         guard = cand["guards"]["bench:test"]
+        assert "teacher(dev)" not in cand["guards"]  # real dev queries: no teacher guard
         assert 0 <= guard["ndcg@10"] <= 1 and (guard["delta"] == 0.0) == (cand["alpha"] == 0.0)
     card = (run_dir / "export" / "model" / "README.md").read_text()
     assert "## Which weights ship" in card and "**base**" in card and "no candidate beat the base model on dev" in card
@@ -105,7 +106,8 @@ def test_choose_candidate_rules():
     from embedtune.selection import choose_candidate
 
     def cand(alpha, scores, qualified=True):
-        return {"alpha": alpha, "name": str(alpha), "dev_ndcg@10": sum(scores) / len(scores), "qualified": qualified}
+        return {"alpha": alpha, "name": str(alpha), "dev_ndcg@10": sum(scores) / len(scores), "qualified": qualified,
+                "lost_on": [] if qualified else ["teacher(dev)"]}
 
     base = [0.2, 0.2, 0.2, 0.2]
     tuned = [0.5, 0.3, 0.6, 0.4]
@@ -125,3 +127,22 @@ def test_choose_candidate_rules():
     # nothing above the base: the base ships
     chosen, why = choose_candidate([cand(0.0, [0.5] * 4), cand(1.0, [0.4] * 4)], {0.0: dict(enumerate([0.5] * 4)), 1.0: dict(enumerate([0.4] * 4))})
     assert chosen["alpha"] == 0.0 and why == "no candidate beat the base model on dev"
+    # better on dev, but out on a guard: the base ships, and the reason names the guard
+    chosen, why = choose_candidate([cand(0.0, base), cand(1.0, tuned, qualified=False)], as_dicts, guarded=True)
+    assert chosen["alpha"] == 0.0 and why == "1.0 beat the base model on dev but lost significantly on teacher(dev)"
+    chosen, why = choose_candidate([cand(0.0, base), cand(1.0, tuned)], as_dicts, guarded=True)
+    assert chosen["alpha"] == 1.0 and why.endswith(", no significant loss on any guard")
+
+
+def test_teacher_judgements_by_hand():
+    """The teacher's top 10, graded 10..1: at BM25 weight 0 the base model's order; at 0.5 the one
+    document that shares the query's word (z-score 9.95 among 100 BM25 slots, the rest 0) leads,
+    the others keep the base model's order."""
+    from embedtune.selection import teacher_judgements
+
+    corpus = {"a": "apple banana", "b": "cherry grape", "c": "melon kiwi"}
+    base_run = {"q": {"a": 0.9, "c": 0.5, "b": 0.1}}
+    assert teacher_judgements(base_run, {"q": "cherry"}, corpus, 0.0) == {"q": {"a": 10, "c": 9, "b": 8}}
+    assert teacher_judgements(base_run, {"q": "cherry"}, corpus, 0.5) == {"q": {"b": 10, "a": 9, "c": 8}}
+    # no word in common with any document: the base model's order
+    assert teacher_judgements(base_run, {"q": "zebra"}, corpus, 0.5) == {"q": {"a": 10, "c": 9, "b": 8}}

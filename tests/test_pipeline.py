@@ -274,6 +274,12 @@ def test_no_label_pipeline_with_select_and_hybrid(tmp_path, tiny_model_dir, monk
     selection = json.loads((run_dir / "select" / "selection.json").read_text())
     assert "held-out" in selection["dev"] and len(selection["candidates"]) == 4
     assert summary["shipped"]["model"] == selection["shipped"]
+    # the pseudo-queries are also judged by the hybrid teacher: a guard on every candidate
+    for cand in selection["candidates"]:
+        teacher = cand["guards"]["teacher(dev)"]
+        assert 0 < teacher["ndcg@10"] <= 1 and (teacher["delta"] == 0.0) == (cand["alpha"] == 0.0)
+        assert cand["qualified"] == (cand["lost_on"] == [])
+    assert "guard" in selection["why"] and set(summary["shipped"]["guards"]["tuned"]) == {"teacher(dev)"}
     for name in ("hybrid(base)", "hybrid(tuned)"):
         assert summary[name]["bm25_weight"] == 0.5 and summary[name]["fusion_chosen_on"] == "fixed (no dev split)"
 
