@@ -64,6 +64,12 @@ def build_markdown(run_dir: Path, state: dict[str, Any]) -> str:
         if (run_dir / "train" / "training_curve.png").is_file():
             lines += ["![training curve: loss and dev nDCG@10 per step](train/training_curve.png)", ""]
 
+    selection = run_dir / "select" / "selection.json"
+    if selection.is_file():
+        from .selection import render_selection
+
+        lines += render_selection(json.loads(selection.read_text()))
+
     mine_md = _embed_markdown(run_dir / "mine" / "report.md", "mine")
     if mine_md:
         lines += ["## Mining", "", mine_md, ""]

@@ -239,6 +239,26 @@ def _best_of(better: list[dict[str, Any]], base: dict[str, Any], dev_scores: dic
     return best, f"best on dev ({best['dev_ndcg@10']:.4f} vs base {base['dev_ndcg@10']:.4f})"
 
 
+def render_selection(sel: dict[str, Any]) -> list[str]:
+    """Markdown lines of ``selection.json``: what ships and why, every candidate on dev and on each
+    guard (the run report and the model card)."""
+    def num(v: Any) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else "-" if v is None else str(v)
+
+    lines = ["## Which weights ship", "", f"**{sel.get('shipped')}** (merge weight alpha = {sel.get('alpha', 1.0):g}: "
+             f"0 = the base model, 1 = the tuned model): {sel.get('why')}. Dev set: {num(sel.get('dev'))}.", ""]
+    cands = sel.get("candidates") or []
+    if cands:
+        guards = sorted({g for c in cands for g in (c.get("guards") or {})})
+        lines += ["| candidate | alpha | dev nDCG@10 | " + "".join(f"{g} nDCG@10 | " for g in guards) + "qualified |",
+                  "|---|---:|---:|" + "---:|" * len(guards) + "---|"]
+        for c in cands:
+            gcells = "".join(f"{num(c['guards'][g]['ndcg@10'])} (p {c['guards'][g]['p_value']:.3f}) | " for g in guards)
+            lines.append(f"| {c['name']} | {c['alpha']:g} | {num(c['dev_ndcg@10'])} | {gcells}{'yes' if c.get('qualified') else 'no'} |")
+        lines.append("")
+    return lines
+
+
 def _name(alpha: float) -> str:
     return "base" if alpha == 0.0 else "tuned" if alpha == 1.0 else f"merged(alpha={alpha:g})"
 

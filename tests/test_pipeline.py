@@ -107,6 +107,7 @@ def test_full_pipeline_then_skip_then_from(tmp_path, tiny_model_dir, monkeypatch
     assert (run_dir / "export" / "model" / "README.md").is_file()
     report = (run_dir / "report.md").read_text()
     assert "## Base vs tuned" in report and "## Mining" in report and "## Wall time and peak memory per stage" in report
+    assert "## Which weights ship" in report and f"**{summary['shipped']['model']}**" in report  # and why
     # each stage's peak resident memory: in its manifest, the state and the summary; the peak is
     # the stage's own (reset per stage), so the stages do not all report the process' largest
     peaks = summary["stage_peak_rss_mb"]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..selection import render_selection
 from .run_parts import RunParts
 
 
@@ -113,18 +114,7 @@ def render_model_card(parts: RunParts, s: dict[str, Any]) -> str:
         if tm.get("best_dev_ndcg@10") is not None:
             lines += [f"Dev nDCG@10 during training: {_cell(tm.get('base_dev_ndcg@10'))} (base) -> {_cell(tm.get('best_dev_ndcg@10'))} (best checkpoint); dev set: {_cell(tm.get('dev'))}.", ""]
     if parts.selection:
-        sel = parts.selection
-        lines += ["## Which weights ship", "", f"**{sel.get('shipped')}** (merge weight alpha = {_cell(sel.get('alpha'))}: "
-                  f"0 = the base model, 1 = the tuned model): {sel.get('why')}. Dev set: {_cell(sel.get('dev'))}.", ""]
-        cands = sel.get("candidates") or []
-        if cands:
-            guards = sorted({g for c in cands for g in (c.get("guards") or {})})
-            lines += ["| candidate | alpha | dev nDCG@10 | " + "".join(f"{g} nDCG@10 | " for g in guards) + "qualified |",
-                      "|---|---:|---:|" + "---:|" * len(guards) + "---|"]
-            for c in cands:
-                gcells = "".join(f"{_cell(c['guards'][g]['ndcg@10'])} (p {c['guards'][g]['p_value']:.3f}) | " for g in guards)
-                lines.append(f"| {c['name']} | {c['alpha']:g} | {_cell(c['dev_ndcg@10'])} | {gcells}{'yes' if c.get('qualified') else 'no'} |")
-            lines.append("")
+        lines += render_selection(parts.selection)
     lines += ["## Evaluation", ""] + render_eval_table(parts.eval_metrics, s["source_model_sha256"]) + [""]
     lines += ["## Usage", "", "```python", "from sentence_transformers import SentenceTransformer", "",
               'model = SentenceTransformer("path/to/this/folder")',
