@@ -55,7 +55,8 @@ class LossConfig(StrictModel):
         20.0, gt=0, description="Similarity scale = 1/temperature (mnrl, cached_mnrl, gist; listwise_kl: "
         "of both the student's and the teacher's softmax, whose scores are in cosine units). 20 = temperature 0.05."
     )
-    mini_batch_size: int = Field(16, gt=0, description="cached_mnrl: rows embedded at once (memory), not the batch size.")
+    mini_batch_size: int = Field(16, gt=0, description="Rows embedded at once (memory), not the batch size: cached_mnrl "
+                                 "(GradCache), margin_mse and listwise_kl (gradient accumulation: their rows are independent).")
     gist_margin: float = Field(
         0.0, ge=0, description="gist: in-batch negatives the guide scores above (positive - margin) are masked."
     )

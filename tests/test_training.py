@@ -321,6 +321,36 @@ def test_every_loss_trains(tmp_path, trainable_model_dir, loss):
     assert _max_diff(_weights(tmp_path / "run" / "model"), _weights(trainable_model_dir)) > 0
 
 
+@pytest.mark.parametrize("loss_name", ["margin_mse", "listwise_kl"])
+def test_teacher_losses_accumulate_micro_batches_to_the_same_step(tmp_path, trainable_model_dir, loss_name):
+    """A teacher loss with loss.mini_batch_size below the batch: the batch is embedded in pieces and
+    their losses accumulated -- the first step's loss (before any update) is the whole batch's to
+    float precision, and clearly not another batch's. Dropout is off (it draws other masks for
+    other piece sizes), and weights after a step are no check (Adam divides by the gradient's own
+    size, so float noise in a near-zero gradient flips the sign of an update)."""
+    from embedtune.training.trainer import micro_batch
+
+    model = tmp_path / "model"
+    shutil.copytree(trainable_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
+    data = make_mined(tmp_path / "m", with_ce=True, distinct=True, n_queries=16)
+
+    def first_loss(batch, mini, name):
+        cfg = _cfg(str(model), loss={"name": loss_name, "mini_batch_size": mini}, batch_size=batch, max_steps=1,
+                   sampler="random", dev={"enabled": False}, logging_steps=1, precision="fp32")  # bf16 rounds per piece
+        manifest = train_model(cfg, data, tmp_path / name, progress=False)
+        return micro_batch(cfg), manifest["metrics"]["training_curve"]["rounds"][0]["loss"][0]["loss"]
+
+    micro, whole = first_loss(8, 8, "whole")
+    assert micro == 8
+    micro, pieces = first_loss(8, 3, "pieces")  # 3 does not divide 8: four pieces of 2 per step
+    assert micro == 2
+    _, other = first_loss(4, 4, "other")  # half the rows: another mean
+    assert abs(whole - pieces) < 1e-4 * abs(whole) and abs(whole - other) > 100 * abs(whole - pieces)
+    assert micro_batch(_cfg("unused", loss={"name": "mnrl", "mini_batch_size": 2}, batch_size=8)) == 8  # coupled rows: never
+
+
 def test_early_stopping_fires_and_the_best_checkpoint_is_the_model(tmp_path, trainable_model_dir):
     """A learning rate too high for the model: dev nDCG@10 stops improving, early stopping ends the
     run before max_steps, and the saved model is the best evaluated checkpoint's weights, not the

@@ -40,6 +40,19 @@ def steps_per_epoch(num_rows: int, batch_size: int, world: int) -> int:
 
 
 
+def micro_batch(cfg: TrainConfig) -> int:
+    """Rows embedded at once. The teacher losses (MarginMSE, listwise KL) are means of per-row
+    terms -- no in-batch negatives -- so a batch accumulated from ``loss.mini_batch_size``-row
+    pieces has the full batch's gradient in that many rows' activation memory (what GradCache does
+    for cached_mnrl, whose rows are coupled). The largest divisor of ``batch_size`` not above
+    ``mini_batch_size``, so every optimizer step sees exactly ``batch_size`` rows."""
+    from ..losses import TEACHER_LOSSES
+
+    if cfg.loss.name not in TEACHER_LOSSES or cfg.loss.mini_batch_size >= cfg.batch_size:
+        return cfg.batch_size
+    return max(d for d in range(1, cfg.loss.mini_batch_size + 1) if cfg.batch_size % d == 0)
+
+
 def _prompts(columns: list[str], model_cfg: ModelConfig) -> dict[str, str] | None:
     if not (model_cfg.query_prompt or model_cfg.document_prompt):
         return None
@@ -61,11 +74,13 @@ def _training_args(cfg: TrainConfig, ckpt_dir: Path, *, num_rows: int, dev: bool
     save_steps = eval_steps if dev else (cfg.save_steps or 100)  # load_best_model_at_end needs save == eval steps
     precision = resolve_training_precision(cfg.precision)
     cuda = torch.cuda.is_available()
+    micro = micro_batch(cfg)
     return SentenceTransformerTrainingArguments(
         output_dir=str(ckpt_dir),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1,
-        per_device_train_batch_size=cfg.batch_size,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=cfg.batch_size // micro,
         per_device_eval_batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate,
         warmup_steps=cfg.warmup_ratio,  # transformers >= 5: a float < 1 is a ratio of the total steps
