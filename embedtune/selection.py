@@ -5,14 +5,14 @@ The candidates are the base model, the tuned model and the two merged with weigh
 training used (a real dev split, or the queries it held out -- pseudo-queries when there are no
 labels; never the test split) and on every guard benchmark the config lists. A candidate that is
 significantly worse than the base on a guard (p < 0.05, paired randomization test) is out; the
-best of the rest on dev ships.
+best of the rest on dev ships. When that is the base, ``run`` says so and exits with code 8
+(nothing beat the base): a user never ships a regression without being told.
 
 Pseudo-queries judged by the document they were cut from reward learning the pseudo-query task
 itself: on the demo corpus and NFCorpus that dev signal rose while real queries did not follow
 (eval/results/distillation.md). So when the dev queries are pseudo-queries, the same queries judged
 by the hybrid teacher (BM25 fused with the base model; its top 10, graded 10..1) are one more guard,
-``teacher(dev)`` (``teacher_guard``). When that is the base, ``run`` says so and exits with code 8
-(nothing beat the base): a user never ships a regression without being told.
+``teacher(dev)`` (``teacher_guard``).
 
 Writes ``model/`` (the chosen weights), ``selection.json`` (every candidate's scores) and
 ``manifest.json``.
