@@ -127,10 +127,8 @@ def _select_config(p: "Pipeline") -> StrictModel:
 def _select(p: "Pipeline", cfg: Any, rerun: bool, progress: bool) -> dict[str, Any]:
     from .selection import run_selection
 
-    teacher = p.configs["mine"].hybrid_teacher  # the teacher_guard judges as mining's teacher did
     return run_selection(cfg, p.configs["train"].model, p.folder.stage_dir("train"), p.dev_split(), p.folder.stage_dir("select"),
-                         overwrite=rerun, pseudo_queries=p.cfg.data.pairs == "self",
-                         teacher_bm25_weight=teacher.bm25_weight if teacher is not None else 0.5)
+                         overwrite=rerun, pseudo_queries=p.cfg.data.pairs == "self", teacher_bm25_weight=p.teacher_bm25_weight())
 
 
 def _index_config(p: "Pipeline") -> StrictModel:
@@ -261,6 +259,13 @@ class Pipeline:
             if folder not in ids:
                 ids[folder] = (set(load_queries(folder / "queries.jsonl")), set(load_beir_corpus(folder / "corpus.jsonl")))
             load_qrels(qrels_file(folder, split), query_ids=ids[folder][0], doc_ids=ids[folder][1], skip_unknown_ids=skip)
+
+    def teacher_bm25_weight(self) -> float:
+        """The hybrid teacher's BM25 weight: mining's, or its default when mining had no hybrid
+        teacher (what select's teacher guard judges with)."""
+        from .mining.config import HybridTeacherConfig
+
+        return (self.configs["mine"].hybrid_teacher or HybridTeacherConfig()).bm25_weight
 
     def dev_split(self):
         """The training's dev split (seeded, so the same queries training held out), made once per

@@ -273,8 +273,13 @@ def run_selection(cfg: SelectConfig, base: ModelConfig, train_dir: Path, dev: "D
     from .models import model_fingerprint, resolve_model_path
 
     inputs = {"base": model_fingerprint(resolve_model_path(base.name)), "tuned": hash_path(train_dir / "model"),
-              "dev": dev.description if dev else "none", "pseudo_queries": pseudo_queries, "teacher_bm25_weight": teacher_bm25_weight}
-    key = stage_key({"select": cfg.model_dump(mode="json"), "model": base.model_dump(mode="json")}, inputs)
+              "dev": dev.description if dev else "none"}
+    settings = cfg.model_dump(mode="json", exclude={"teacher_guard"} if cfg.teacher_guard is None else None)
+    if (pseudo_queries if cfg.teacher_guard is None else cfg.teacher_guard):
+        # only where the teacher judges: a run without the guard keeps the key it had before the guard
+        # existed, so upgrading never re-runs its select stage (and, after it, the index)
+        inputs |= {"teacher_guard": True, "teacher_bm25_weight": teacher_bm25_weight}
+    key = stage_key({"select": settings, "model": base.model_dump(mode="json")}, inputs)
     if prepare_run_folder(out_dir, STAGE, key, overwrite=overwrite):
         return {"skipped": True, **json.loads((out_dir / "selection.json").read_text())}
     if dev is None:  # the user turned the dev signal off: nothing to guard with, and the summary says so

@@ -27,7 +27,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="folder of a finished `embedtune run` with pairs: self")
     ap.add_argument("--depth", type=int, default=100, help="candidates from the dense retriever")
-    ap.add_argument("--teacher-bm25-weight", type=float, default=0.5, help="the teacher's BM25 weight (the recipe's)")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     args = ap.parse_args()
 
@@ -51,7 +50,8 @@ def main() -> None:
                      qrels={q: {d: 1 for d in docs} for q, docs in dev.relevant.items()})
     models = {"base": cfg.model, "tuned": ModelConfig(**pipeline.model_config(run / "train" / "model"))}
     runs = {name: dense_run(m, ds, top_k=args.depth, cache_dir=None, show_progress=False)[0] for name, m in models.items()}
-    teacher_qrels = teacher_judgements(runs["base"], ds.queries, {d: doc.full_text for d, doc in corpus.items()}, args.teacher_bm25_weight)
+    teacher_qrels = teacher_judgements(runs["base"], ds.queries, {d: doc.full_text for d, doc in corpus.items()},
+                                       pipeline.teacher_bm25_weight())  # the run's teacher, as select judges
     result = {"benchmark": "guard_signal", "run": str(run), "dev": dev.description, "dev_queries": len(ds.qrels)}
     for signal, qrels in (("source_document", ds.qrels), ("teacher_top10", teacher_qrels)):
         per_query = {n: compute_metrics(qrels, r, only=("ndcg@10",))["ndcg@10"] for n, r in runs.items()}
