@@ -15,7 +15,9 @@ base model and against hybrid(base) -- the zero-training baseline.
 
 Runs take minutes (50 labels) to over an hour (all labels, or none) on a 2-core CPU; a run folder
 that already holds a point's completed run is reused (the pipeline skips unchanged stages).
-Writes eval/results/labels.json; ``--json`` prints one JSON object as the last stdout line.
+Writes eval/results/labels.json, keeping the points of earlier invocations that this one does not
+re-run (each point names the commit it was measured at); ``--json`` prints one JSON object as the
+last stdout line.
 
     python eval/bench_labels.py --json
     python eval/bench_labels.py --labels 50,200 --json
@@ -109,10 +111,24 @@ def run_point(config: Path) -> dict:
     return summary
 
 
+def current_commit() -> str | None:
+    """The checkout's short commit, so a kept point says what code measured it."""
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True, check=False)
+    return proc.stdout.strip() or None
+
+
+def merge_points(old: list[dict], new: list[dict]) -> list[dict]:
+    """The curve: this invocation's points, plus the earlier ones at label counts it did not run."""
+    ran = {row["labelled_queries"] for row in new}
+    return sorted([row for row in old if row["labelled_queries"] not in ran] + new, key=lambda r: r["labelled_queries"])
+
+
 def point_row(n_queries: int, s: dict) -> dict:
     vs_hybrid = s.get("vs_hybrid_base", {})
     row = {
         "labelled_queries": n_queries,
+        "commit": current_commit(),
         "base": round(s["base"]["ndcg@10"], 4),
         "tuned": round(s["tuned"]["ndcg@10"], 4),
         "tuned_vs_base": {"delta": round(s["delta_ndcg@10"], 4), "ci95": [round(x, 4) for x in s["ci95"]], "p_value": round(s["p_value"], 4)},
@@ -157,6 +173,10 @@ def main() -> None:
         rows.append(point_row(n_queries, run_point(config)))
         print(f"  tuned {rows[-1]['tuned']:.4f}, hybrid(tuned) {rows[-1].get('hybrid(tuned)', float('nan')):.4f}, "
               f"shipped {rows[-1]['shipped']}, {rows[-1]['minutes']} min", file=sys.stderr)
+    if RESULTS.is_file():
+        earlier = json.loads(RESULTS.read_text())
+        if earlier.get("benchmark") == benchmark.name and earlier.get("seed") == args.seed:
+            rows = merge_points(earlier["points"], rows)
     summary = {"benchmark": benchmark.name, "split": "test", "metric": "ndcg@10", "seed": args.seed, "points": rows}
     if not args.no_write:
         from embedtune.io import atomic_write_json

@@ -40,3 +40,12 @@ def test_subset_keeps_whole_queries_and_the_test_split(tmp_path):
     again, _ = bench.subset_benchmark(beir, "train", 2, seed=0, out=tmp_path / "again")
     assert _qrels(again / "qrels" / "train.tsv") == kept
     assert bench.subset_benchmark(beir, "train", 10, seed=0, out=tmp_path / "all") == (beir, 4)
+
+
+def test_a_rerun_point_replaces_its_earlier_measurement_and_keeps_the_others():
+    merge = _bench().merge_points
+    old = [{"labelled_queries": 50, "tuned": 0.65}, {"labelled_queries": 809, "tuned": 0.70}]
+    new = [{"labelled_queries": 809, "tuned": 0.73}, {"labelled_queries": 0, "tuned": 0.67}]
+    assert merge(old, new) == [{"labelled_queries": 0, "tuned": 0.67}, {"labelled_queries": 50, "tuned": 0.65},
+                               {"labelled_queries": 809, "tuned": 0.73}]
+    assert merge([], new) == sorted(new, key=lambda r: r["labelled_queries"])
