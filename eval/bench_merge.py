@@ -10,7 +10,8 @@ what ``embedtune eval`` prints).
 The question it answers: how much of the in-domain gain a merge keeps, and how much of the
 out-of-domain loss (if any) it removes.
 
-Writes eval/results/merge.json; ``--json`` prints one JSON object as the last stdout line.
+Writes eval/results/merge.json, one entry per in-domain collection (a run for SciFact keeps the
+NFCorpus-tuned entry, and the reverse); ``--json`` prints this run's object as the last stdout line.
 
     python eval/bench_merge.py --tuned runs/scifact/train/model --in-domain ../shared/datasets/scifact --json
 """
@@ -43,6 +44,19 @@ def benchmark_folder(name: str, work: Path) -> Path:
     return parse_benchmark_source(f"{name}:test")[0]
 
 
+def merge_entry(path: Path, in_domain: str, summary: dict) -> dict:
+    """The results file with ``summary`` as the entry of the collection the model was tuned on, the
+    other collections' entries kept (a file of the older one-study shape becomes its entry)."""
+    from embedtune.evaluation import HEADLINE
+
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    if "benchmarks" in old:  # the one-study shape written before entries existed
+        old = {"by_in_domain": {next(n for n, r in old["benchmarks"].items() if r["role"] == "in-domain"): old}}
+    entries = dict(old.get("by_in_domain", {}))
+    entries[in_domain] = summary
+    return {"metric": HEADLINE, "by_in_domain": entries}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tuned", required=True, help="the tuned model folder (e.g. RUN/train/model)")
@@ -60,16 +74,18 @@ def main() -> None:
     from embedtune.evaluation import HEADLINE, EvalConfig, evaluate
     from embedtune.io import atomic_write_json
     from embedtune.merging import merge_folders
+    from embedtune.models import model_fingerprint
 
     setup_logging()
     work = Path(args.work).resolve()
     alphas = [float(a) for a in args.alphas.split(",")]
     models, labels = [ModelConfig(name=args.base)], ["base"]
+    tuned_id = model_fingerprint(args.tuned)[:12]  # merges of another tuned model in the same --work are others
     for alpha in alphas:
         if alpha == 1.0:
             models.append(ModelConfig(name=str(Path(args.tuned).resolve())))
         else:
-            out = work / f"merged-{alpha:g}"
+            out = work / f"merged-{tuned_id}-{alpha:g}"
             if not (out / "modules.json").is_file():  # merging is deterministic: a folder already written is the same
                 merge_folders(ModelConfig(name=args.base), [ModelConfig(name=args.tuned)], alpha, out)
             models.append(ModelConfig(name=str(out)))
@@ -92,9 +108,10 @@ def main() -> None:
             rows[DEMO if name == DEMO else folder.name] = row
             print(f"{folder.name} ({role}): " + ", ".join(f"{k} {v[HEADLINE]:.4f}" + (f" ({v['delta']:+.4f}, p={v['p_value']:.3f})" if "delta" in v else "")
                                                          for k, v in row["systems"].items()), file=sys.stderr)
+    in_domain = next(name for name, row in rows.items() if row["role"] == "in-domain")
     summary = {"tuned": str(args.tuned), "base": args.base, "metric": HEADLINE, "split": "test", "benchmarks": rows}
     if not args.no_write:
-        print(f"wrote {atomic_write_json(RESULTS, summary)}", file=sys.stderr)
+        print(f"wrote {atomic_write_json(RESULTS, merge_entry(RESULTS, in_domain, summary))}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
 
