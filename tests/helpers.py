@@ -53,3 +53,13 @@ def write_synthetic_beir(folder: Path, n_docs: int = 60, n_train: int = 40, n_te
             queries[f"q{i}"] = " ".join(toks[start : start + 4])
             (train if i < n_train else test).append((f"q{i}", f"d{i}", 1))
     return write_beir(folder, docs, queries, {"train": train, "test": test})
+
+
+def load_bench(name: str):
+    """An ``eval/bench_*.py`` script as a module (benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "eval" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

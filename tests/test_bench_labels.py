@@ -4,19 +4,14 @@ the test qrels are the original ones, and 'all' is the benchmark itself."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
-from helpers import write_beir
+from helpers import load_bench, write_beir
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_labels", ROOT / "eval" / "bench_labels.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_labels")
 
 
 def _qrels(path: Path) -> list[tuple[str, str, str]]:

@@ -3,18 +3,15 @@ reverse study (NFCorpus-tuned) does not erase the SciFact-tuned one; the older o
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import load_bench
+
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_merge", ROOT / "eval" / "bench_merge.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_merge")
 
 
 def _study(in_domain: str, other: str, tuned: str) -> dict:
