@@ -4,7 +4,6 @@ reverse study (NFCorpus-tuned) does not erase the SciFact-tuned one; the older o
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from helpers import load_bench
 
