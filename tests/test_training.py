@@ -351,6 +351,30 @@ def test_teacher_losses_accumulate_micro_batches_to_the_same_step(tmp_path, trai
     assert micro_batch(_cfg("unused", loss={"name": "mnrl", "mini_batch_size": 2}, batch_size=8)) == 8  # coupled rows: never
 
 
+def test_training_batches_are_padded_to_a_multiple_of_32_tokens_and_embed_the_same(trainable_model_dir):
+    """The trainer's collator pads every column to a multiple of PAD_TO_MULTIPLE_OF tokens (few shapes:
+    resident memory does not grow with each new length), and the padding changes no embedding."""
+    from types import SimpleNamespace
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from embedtune.training.trainer import PAD_TO_MULTIPLE_OF, padded_collator
+
+    model = SentenceTransformer(trainable_model_dir, device="cpu").eval()
+    short, long = " ".join(VOCAB_WORDS[:5]), " ".join((VOCAB_WORDS * 3)[:40])
+    batch = padded_collator(model, SimpleNamespace(router_mapping={}, prompts=None))([{"anchor": short, "positive": long}])
+    plain = model.preprocess([short])["input_ids"].shape[1]
+    assert PAD_TO_MULTIPLE_OF == 32 and plain < 32
+    assert batch["anchor_input_ids"].shape[1] == 32 and batch["positive_input_ids"].shape[1] == 64
+    assert int(batch["anchor_attention_mask"].sum()) == plain
+    with torch.no_grad():
+        padded = model({"input_ids": batch["anchor_input_ids"], "attention_mask": batch["anchor_attention_mask"],
+                        "token_type_ids": batch["anchor_token_type_ids"]})["sentence_embedding"][0]
+    unpadded = torch.as_tensor(model.encode([short], normalize_embeddings=False))[0]
+    assert torch.allclose(padded, unpadded, atol=1e-5) and unpadded.abs().max() > 1e-3
+
+
 def test_early_stopping_fires_and_the_best_checkpoint_is_the_model(tmp_path, trainable_model_dir):
     """A learning rate too high for the model: dev nDCG@10 stops improving, early stopping ends the
     run before max_steps, and the saved model is the best evaluated checkpoint's weights, not the
