@@ -354,16 +354,15 @@ def test_teacher_losses_accumulate_micro_batches_to_the_same_step(tmp_path, trai
 def test_training_batches_are_padded_to_a_multiple_of_32_tokens_and_embed_the_same(trainable_model_dir):
     """The trainer's collator pads every column to a multiple of PAD_TO_MULTIPLE_OF tokens (few shapes:
     resident memory does not grow with each new length), and the padding changes no embedding."""
-    from types import SimpleNamespace
-
     import torch
     from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
 
-    from embedtune.training.trainer import PAD_TO_MULTIPLE_OF, padded_collator
+    from embedtune.training.trainer import PAD_TO_MULTIPLE_OF, pad_to_multiple
 
     model = SentenceTransformer(trainable_model_dir, device="cpu").eval()
     short, long = " ".join(VOCAB_WORDS[:5]), " ".join((VOCAB_WORDS * 3)[:40])
-    batch = padded_collator(model, SimpleNamespace(router_mapping={}, prompts=None))([{"anchor": short, "positive": long}])
+    batch = pad_to_multiple(SentenceTransformerDataCollator(preprocess_fn=model.preprocess))([{"anchor": short, "positive": long}])
     plain = model.preprocess([short])["input_ids"].shape[1]
     assert PAD_TO_MULTIPLE_OF == 32 and plain < 32
     assert batch["anchor_input_ids"].shape[1] == 32 and batch["positive_input_ids"].shape[1] == 64

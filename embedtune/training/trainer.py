@@ -115,15 +115,14 @@ def _training_args(cfg: TrainConfig, ckpt_dir: Path, *, num_rows: int, dev: bool
     )
 
 
-def padded_collator(model, args):  # noqa: ANN001, ANN201
-    """sentence-transformers' own collator, with every column padded to :data:`PAD_TO_MULTIPLE_OF`
-    tokens (per-call ``processing_kwargs``: nothing is stored in the model's saved config)."""
+def pad_to_multiple(collator):  # noqa: ANN001, ANN201
+    """``collator`` (the one sentence-transformers' trainer built, with its own checks and settings)
+    made to pad every column to :data:`PAD_TO_MULTIPLE_OF` tokens, through a per-call
+    ``processing_kwargs``: nothing is stored in the model's saved config."""
     from functools import partial
 
-    from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
-
-    preprocess = partial(model.preprocess, processing_kwargs={"text": {"pad_to_multiple_of": PAD_TO_MULTIPLE_OF}})
-    return SentenceTransformerDataCollator(preprocess_fn=preprocess, router_mapping=args.router_mapping, prompts=args.prompts)
+    collator.preprocess_fn = partial(collator.preprocess_fn, processing_kwargs={"text": {"pad_to_multiple_of": PAD_TO_MULTIPLE_OF}})
+    return collator
 
 
 @dataclass
@@ -251,8 +250,8 @@ def train_round(
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.dev.early_stopping_patience))
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=train_ds, loss=loss, evaluator=evaluator, callbacks=all_callbacks,
-        data_collator=padded_collator(model, args),
     )
+    pad_to_multiple(trainer.data_collator)  # the data loaders read it when training starts
     _log_in_one_voice(trainer, progress)
     log.info(
         "training on %s rows (%s negatives each), %s; dev: %s",
