@@ -13,7 +13,7 @@ Three sources, all returning a :class:`PairSet`:
   ``unmatched_positives: error`` makes it an error naming the line instead. All positives of one
   query text are known positives of that query;
 * ``self``: pairs derived from the corpus alone by self-supervised generators (inverse cloze
-  task, independent random crops, title -> body) and, optionally, a query-generation model the
+  task, independent random crops, title -> body, keyword queries of a passage's salient terms) and, optionally, a query-generation model the
   user supplies (doc2query/T5-style seq2seq or a causal LM, via transformers ``generate``).
   Generated pairs are deduplicated and their query lengths reported; the source document is a
   known positive of the query, so it is never mined as its negative.
@@ -37,7 +37,7 @@ from .errors import ConfigError, InputError, first_line
 
 log = logging.getLogger("embedtune")
 
-Generator = Literal["ict", "crop", "title", "qgen"]
+Generator = Literal["ict", "crop", "title", "keywords", "qgen"]
 
 
 # --------------------------------------------------------------------------- data
@@ -53,7 +53,7 @@ class MiningPair:
     positive: str  # the text trained on (no prompt)
     positive_in_pool: bool  # True when ``positive`` is exactly the text of pool document positive_id
     given_negatives: tuple[str, ...] = ()  # from a pairs JSONL; kept in front of mined negatives
-    source: str = "qrels"  # qrels | pairs | ict | crop | title | qgen
+    source: str = "qrels"  # qrels | pairs | ict | crop | title | keywords | qgen
 
 
 @dataclass
@@ -101,7 +101,9 @@ class SelfPairsConfig(StrictModel):
         default_factory=lambda: ["ict", "crop", "title"],
         description="ict: a sentence -> rest of its passage; crop: two random spans of one document; "
         "title: title -> body (documents with a title; its mined negatives keep their titles, a cue the model can learn "
-        "instead of the domain, so mix it with the others); qgen: a query-generation model (needs qgen.model).",
+        "instead of the domain, so mix it with the others); keywords: a few of the document's most salient terms "
+        "(tf-idf over the corpus) -> the document, the short keyword queries real users type; "
+        "qgen: a query-generation model (needs qgen.model).",
     )
     pairs_per_doc: int = Field(1, gt=0, description="Pairs each generator makes per document.")
     max_documents: int | None = Field(None, gt=0, description="Use a seeded random sample of this many documents.")
@@ -114,6 +116,11 @@ class SelfPairsConfig(StrictModel):
     crop_max_ratio: float = Field(0.5, gt=0, le=1)
     crop_min_words: int = Field(4, ge=1)
     crop_max_words: int = Field(256, ge=1)
+    keyword_min_terms: int = Field(2, ge=1, description="Fewest terms in a keyword query.")
+    keyword_max_terms: int = Field(5, ge=1, description="Most terms in a keyword query.")
+    keyword_candidates: int = Field(
+        10, ge=1, description="A keyword query's terms are drawn from the document's this-many most salient terms."
+    )
     qgen: QueryGenConfig | None = None
 
     @model_validator(mode="after")
@@ -124,6 +131,8 @@ class SelfPairsConfig(StrictModel):
             raise ValueError("crop_min_ratio must be <= crop_max_ratio")
         if self.crop_min_words > self.crop_max_words:
             raise ValueError("crop_min_words must be <= crop_max_words")
+        if self.keyword_min_terms > self.keyword_max_terms:
+            raise ValueError("keyword_min_terms must be <= keyword_max_terms")
         if "qgen" in self.generators and self.qgen is None:
             raise ValueError("generator 'qgen' needs qgen.model (a local query-generation model folder)")
         return self
@@ -299,6 +308,54 @@ def title_pair(doc: Document, rng: np.random.Generator, cfg: SelfPairsConfig) ->
     return title, body
 
 
+# Words of two or more characters that contain a letter ("p53", "IL-6", "vitamin"); punctuation splits.
+_TERM = re.compile(r"\w[\w\-]*\w")
+
+
+def _terms(text: str) -> list[str]:
+    from bm25s.stopwords import STOPWORDS_EN_PLUS
+
+    stop = set(STOPWORDS_EN_PLUS)
+    return [t for t in (m.lower() for m in _TERM.findall(text)) if t not in stop and not t.isdigit()]
+
+
+class KeywordQueries:
+    """Keyword queries: a handful of a document's most salient terms, in the order they appear.
+
+    Real users type a few terms, not a sentence ("irritable bowel peppermint oil"); no generator
+    above writes such queries. Salience is tf x idf over the documents given (idf = log(N / df)),
+    so a keyword query depends on the corpus, unlike the other rule generators. Raw tf, and terms
+    of one document only left out: with sublinear tf the picks were hapaxes and typos
+    ("179-kilobase", "isphagula") rather than the topic ("myelin basic protein gene").
+    Written here because neither bm25s nor sentence-transformers draws keyword queries from a corpus.
+    """
+
+    def __init__(self, docs: Sequence[Document]):
+        df: Counter = Counter()
+        for doc in docs:
+            df.update(set(_terms(doc.full_text)))
+        self._idf = {t: float(np.log(len(docs) / n)) for t, n in df.items() if n >= 2}
+
+    def __call__(self, doc: Document, rng: np.random.Generator, cfg: SelfPairsConfig) -> tuple[str, str] | None:
+        terms = _terms(doc.full_text)
+        tf = Counter(terms)
+        first = {}
+        for i, t in enumerate(terms):
+            first.setdefault(t, i)
+        # ties broken by position, so the ranking does not depend on hash order
+        salience = {t: tf[t] * self._idf.get(t, 0.0) for t in tf}
+        ranked = sorted(tf, key=lambda t: (-salience[t], first[t]))
+        candidates = [t for t in ranked[: cfg.keyword_candidates] if salience[t] > 0]
+        if len(candidates) < cfg.keyword_min_terms:
+            return None
+        k = int(rng.integers(cfg.keyword_min_terms, min(cfg.keyword_max_terms, len(candidates)) + 1))
+        # drawn in proportion to salience: the topic's terms more often than the tail of the ten
+        weights = np.array([salience[t] for t in candidates])
+        chosen = rng.choice(len(candidates), size=k, replace=False, p=weights / weights.sum())
+        query = " ".join(sorted((candidates[i] for i in chosen), key=first.__getitem__))
+        return query, doc.full_text
+
+
 _RULE_GENERATORS = {"ict": ict_pair, "crop": crop_pair, "title": title_pair}
 
 
@@ -354,7 +411,7 @@ def pairs_from_corpus(
             generated = query_generator.generate(passages, cfg.pairs_per_doc, seed)
             raw.extend(("qgen", d.id, q, d.full_text) for d, qs in zip(docs, generated) for q in qs)
             continue
-        make = _RULE_GENERATORS[gen]
+        make = KeywordQueries(docs) if gen == "keywords" else _RULE_GENERATORS[gen]
         for doc in docs:
             rng = _doc_rng(seed, gen, doc.id)
             for _ in range(cfg.pairs_per_doc):

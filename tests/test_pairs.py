@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import string
 
+import numpy as np
 import pytest
 from helpers import DOCS, write_beir
 
 from embedtune.corpus import Document, load_corpus
 from embedtune.errors import ConfigError, InputError
 from embedtune.pairs import (
+    KeywordQueries,
     QueryGenConfig,
     SelfPairsConfig,
     TransformersQueryGenerator,
@@ -178,6 +180,37 @@ def test_queries_differing_only_in_case_are_one_query_with_one_text():
     ps = pairs_from_corpus(docs, SelfPairsConfig(generators=["title"], min_query_words=1), seed=0)
     assert len(ps.pairs) == 2 and ps.pairs[0].query_id == ps.pairs[1].query_id
     assert ps.pairs[0].query == ps.pairs[1].query == "See also"
+
+
+def test_keyword_queries_are_salient_terms_of_their_document_in_order():
+    docs = {
+        "salt": Document("salt", "Sodium and sodium intake raise blood pressure; the study found sodium harms arteries in patients.", "Sodium"),
+        "fish": Document("fish", "Omega-3 oil from fish lowers triglycerides; omega-3 supplements helped patients in the study.", ""),
+        "sun": Document("sun", "Sunlight makes vitamin D; vitamin D deficiency weakens bones of patients in winter.", ""),
+        "tea": Document("tea", "Green tea catechins and tea drinking lowered pressure of patients in the trial.", ""),
+        "potassium": Document("potassium", "Potassium in bananas balances sodium in cells of patients.", ""),
+    }
+    keywords = KeywordQueries(list(docs.values()))
+    # In "salt": sodium (4x, in 2 of 5 documents) outranks pressure and study (1x, 2 of 5; pressure comes
+    # first); patients is in every document (idf 0), intake/arteries in this one only, "the" a stopword.
+    top2 = SelfPairsConfig(generators=["keywords"], keyword_min_terms=2, keyword_max_terms=3, keyword_candidates=2)
+    assert {keywords(docs["salt"], np.random.default_rng(seed), top2)[0] for seed in range(10)} == {"sodium pressure"}
+    top3 = SelfPairsConfig(generators=["keywords"], keyword_min_terms=2, keyword_max_terms=3, keyword_candidates=3)
+    queries = []
+    for seed in range(30):
+        query, positive = keywords(docs["salt"], np.random.default_rng(seed), top3)
+        assert positive == docs["salt"].full_text
+        terms = query.split()
+        assert 2 <= len(terms) <= 3 and set(terms) <= {"sodium", "pressure", "study"}
+        assert terms == sorted(terms, key=docs["salt"].full_text.lower().index)  # in the document's order
+        queries.append(query)
+    assert len(set(queries)) >= 3  # drawn, not fixed
+    assert sum("sodium" in q for q in queries) > sum("study" in q for q in queries)  # drawn by salience
+    ps = pairs_from_corpus(docs, top3, seed=0)
+    assert {p.source for p in ps.pairs} == {"keywords"}
+    assert all(p.positive_in_pool and p.positive_id in ps.known_positives[p.query_id] for p in ps.pairs)
+    with pytest.raises(ValueError, match="keyword_min_terms"):
+        SelfPairsConfig(keyword_min_terms=4, keyword_max_terms=3)
 
 
 def test_self_pairs_config_errors():
