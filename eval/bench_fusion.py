@@ -44,7 +44,6 @@ def main() -> None:
     ap.add_argument("--run", action="append", help="a recipe's run folder (its eval stage's benchmark, models and dev queries)")
     ap.add_argument("--max-seq-length", type=int, default=256)
     ap.add_argument("--depth", type=int, default=100, help="candidates from each retriever")
-    ap.add_argument("--lookup-depth", type=int, default=100, help="how deep each list is read to score the other's candidates")
     ap.add_argument("--dev-sizes", default="", help="e.g. 5,10,20,40,80: choose the weight on n dev queries, score it on the rest")
     ap.add_argument("--draws", type=int, default=300, help="random dev subsets per size (--dev-sizes)")
     ap.add_argument("--cache-dir", help="keep the embeddings here for the next run (default: a temporary folder)")
@@ -58,7 +57,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     sizes = [int(n) for n in args.dev_sizes.split(",")] if args.dev_sizes else []
-    result: dict = {"benchmark": "fusion", "depth": args.depth, "lookup_depth": args.lookup_depth, "draws": args.draws}
+    result: dict = {"benchmark": "fusion", "depth": args.depth, "draws": args.draws}
     try:
         if args.run:
             result["runs"] = {}
@@ -73,12 +72,12 @@ def main() -> None:
                 models = {label: ModelConfig(**m) for label, m in zip(cfg["labels"], cfg["models"])}
                 fusion = FusionConfig(**cfg["fusion"])
                 result["runs"][run] = _study(cfg["benchmark"], cfg["fusion_dev_split"], cfg["split"], cfg["fusion_dev_queries"],
-                                             models, (fusion.method,), fusion, args.lookup_depth, sizes, args.draws, args.cache_dir)
+                                             models, (fusion.method,), fusion, sizes, args.draws, args.cache_dir)
         else:
             models = {name: ModelConfig(name=name, max_seq_length=args.max_seq_length) for name in args.model or ["minilm"]}
             result.update(data=args.data, dev_split=args.dev_split, split=args.split)
             result.update(_study(args.data, args.dev_split, args.split, None, models, FUSION_METHODS,
-                                 FusionConfig(depth=args.depth), args.lookup_depth, sizes, args.draws, args.cache_dir))
+                                 FusionConfig(depth=args.depth), sizes, args.draws, args.cache_dir))
     except EmbedtuneError as e:
         raise SystemExit(f"error: {e}")
     result["seconds"] = round(time.perf_counter() - t0, 1)
@@ -86,15 +85,15 @@ def main() -> None:
         print(json.dumps(result))
 
 
-def _study(data, dev_split, split, dev_queries, models, methods, base, lookup_depth, sizes, draws, cache_dir) -> dict:
+def _study(data, dev_split, split, dev_queries, models, methods, base, sizes, draws, cache_dir) -> dict:
     """Per model and method: the dev choice (each rule) and where it lands on test, the oracle test
     weight, both curves; with ``sizes``, the rule comparison on subsets of the dev queries."""
     # an embedding cache, kept in --cache-dir or a temporary folder: each model encodes the corpus once, not per split
     with contextlib.nullcontext(cache_dir) if cache_dir else tempfile.TemporaryDirectory(prefix="bench-fusion-") as cache:
-        return _study_in(data, dev_split, split, dev_queries, models, methods, base, lookup_depth, sizes, draws, cache)
+        return _study_in(data, dev_split, split, dev_queries, models, methods, base, sizes, draws, cache)
 
 
-def _study_in(data, dev_split, split, dev_queries, models, methods, base, lookup_depth, sizes, draws, cache) -> dict:
+def _study_in(data, dev_split, split, dev_queries, models, methods, base, sizes, draws, cache) -> dict:
     from embedtune.corpus import load_beir
     from embedtune.evaluation import (FUSION_RULE, FUSION_RULES, bm25_run, choose_weight, compute_metrics, dense_run,
                                       fusion_matrix, mean_metrics)
@@ -107,13 +106,14 @@ def _study_in(data, dev_split, split, dev_queries, models, methods, base, lookup
         ds.queries = {q: text for q, text in ds.queries.items() if q in keep}
         ds.qrels = {q: r for q, r in ds.qrels.items() if q in keep}
         splits[name] = ds
-    lexical = {s: bm25_run(ds, top_k=lookup_depth)[0] for s, ds in splits.items()}
+    # fusion reads each list's top base.depth only (embedtune.fusion): retrieving deeper would change nothing
+    lexical = {s: bm25_run(ds, top_k=base.depth)[0] for s, ds in splits.items()}
     weights = [float(w) for w in WEIGHT_GRID]
     out: dict = {"dev_queries": len(splits["dev"].qrels), "test_queries": len(splits["test"].qrels),
                  "bm25": {"ndcg@10": round(mean_metrics(compute_metrics(splits["test"].qrels, lexical["test"]))["ndcg@10"], 4)},
                  "models": {}}
     for label, cfg in models.items():
-        dense = {s: dense_run(cfg, ds, top_k=lookup_depth, cache_dir=cache, show_progress=False)[0] for s, ds in splits.items()}
+        dense = {s: dense_run(cfg, ds, top_k=base.depth, cache_dir=cache, show_progress=False)[0] for s, ds in splits.items()}
         row: dict = {"model": cfg.name, "dense": {"ndcg@10": round(mean_metrics(compute_metrics(splits["test"].qrels, dense["test"]))["ndcg@10"], 4)}}
         for method in methods:
             fusion = base.model_copy(update={"method": method})

@@ -41,9 +41,15 @@ def test_minmax_and_rrf_fusion_match_hand_computation():
     dense = {"a": 0.9, "b": 0.7, "c": 0.5}
     lexical = {"c": 3.0, "d": 1.0}
     mm = fuse_scores(dense, lexical, FusionConfig(method="minmax", bm25_weight=0.5, depth=2))
-    # dense top 2 (0.9, 0.7) -> (1, 0); c keeps its real dense score 0.5 -> -1; d (not returned) the last, 0.5.
+    # dense top 2 (0.9, 0.7) -> (1, 0); c is below the depth, so like d (not returned) it gets the last
+    # score read, 0.7 -> 0 (search fuses top-depth lists: c's 0.5 is never seen there).
     # BM25 (3, 1) fills the depth, so a document it did not return gets its last score 1, not 0: -> 0
-    assert mm == pytest.approx({"a": 0.5 * 1 + 0.5 * 0, "b": 0.5 * 0 + 0.5 * 0, "c": 0.5 * -1 + 0.5 * 1, "d": 0.5 * -1 + 0})
+    assert mm == pytest.approx({"a": 0.5 * 1 + 0.5 * 0, "b": 0.5 * 0 + 0.5 * 0, "c": 0.5 * 0 + 0.5 * 1, "d": 0.5 * 0 + 0})
+    # a list retrieved deeper than the depth fuses exactly as its top-depth part: evaluation = serving
+    for method in ("zscore", "minmax", "rrf"):
+        cfg = FusionConfig(method=method, bm25_weight=0.4, depth=2, rrf_k=10)
+        top2 = lambda run: dict(sorted(run.items(), key=lambda kv: -kv[1])[:2])  # noqa: E731
+        assert fuse_scores(dense, lexical | {"e": 0.5}, cfg) == fuse_scores(top2(dense), lexical, cfg)
     rrf = fuse_scores(dense, lexical, FusionConfig(method="rrf", bm25_weight=0.5, rrf_k=10))
     assert rrf == pytest.approx({"a": 0.5 / 11, "b": 0.5 / 12, "c": 0.5 / 13 + 0.5 / 11, "d": 0.5 / 12})
     # the weight's ends are one retriever alone
