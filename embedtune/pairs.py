@@ -13,9 +13,9 @@ Three sources, all returning a :class:`PairSet`:
   ``unmatched_positives: error`` makes it an error naming the line instead. All positives of one
   query text are known positives of that query;
 * ``self``: pairs derived from the corpus alone by self-supervised generators (inverse cloze
-  task, independent random crops, title -> body, keyword queries of a passage's salient terms) and, optionally, a query-generation model the
-  user supplies (doc2query/T5-style seq2seq or a causal LM, via transformers ``generate``).
-  Generated pairs are deduplicated and their query lengths reported; the source document is a
+  task, independent random crops, title -> body, keyword queries of a passage's salient terms)
+  and, optionally, a query-generation model the user supplies (doc2query/T5-style seq2seq or a
+  causal LM, via transformers ``generate``). Generated pairs are deduplicated and their query lengths reported; the source document is a
   known positive of the query, so it is never mined as its negative.
 """
 
@@ -308,15 +308,13 @@ def title_pair(doc: Document, rng: np.random.Generator, cfg: SelfPairsConfig) ->
     return title, body
 
 
-# Words of two or more characters that contain a letter ("p53", "IL-6", "vitamin"); punctuation splits.
+# Words of two or more characters, hyphens inside kept ("p53", "IL-6", "full-term"); punctuation splits.
 _TERM = re.compile(r"\w[\w\-]*\w")
 
 
-def _terms(text: str) -> list[str]:
-    from bm25s.stopwords import STOPWORDS_EN_PLUS
-
-    stop = set(STOPWORDS_EN_PLUS)
-    return [t for t in (m.lower() for m in _TERM.findall(text)) if t not in stop and not t.isdigit()]
+def _terms(text: str, stopwords: frozenset[str]) -> list[str]:
+    """Lower-cased terms of ``text`` without stopwords and all-digit tokens (years, counts)."""
+    return [t for t in (m.lower() for m in _TERM.findall(text)) if t not in stopwords and not t.isdigit()]
 
 
 class KeywordQueries:
@@ -331,13 +329,16 @@ class KeywordQueries:
     """
 
     def __init__(self, docs: Sequence[Document]):
+        from bm25s.stopwords import STOPWORDS_EN_PLUS  # NLTK's English list, 179 words
+
+        self._stopwords = frozenset(STOPWORDS_EN_PLUS)
         df: Counter = Counter()
         for doc in docs:
-            df.update(set(_terms(doc.full_text)))
+            df.update(set(_terms(doc.full_text, self._stopwords)))
         self._idf = {t: float(np.log(len(docs) / n)) for t, n in df.items() if n >= 2}
 
     def __call__(self, doc: Document, rng: np.random.Generator, cfg: SelfPairsConfig) -> tuple[str, str] | None:
-        terms = _terms(doc.full_text)
+        terms = _terms(doc.full_text, self._stopwords)
         tf = Counter(terms)
         first = {}
         for i, t in enumerate(terms):
