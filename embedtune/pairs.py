@@ -15,8 +15,9 @@ Three sources, all returning a :class:`PairSet`:
 * ``self``: pairs derived from the corpus alone by self-supervised generators (inverse cloze
   task, independent random crops, title -> body, keyword queries of a passage's salient terms)
   and, optionally, a query-generation model the user supplies (doc2query/T5-style seq2seq or a
-  causal LM, via transformers ``generate``). Generated pairs are deduplicated and their query lengths reported; the source document is a
-  known positive of the query, so it is never mined as its negative.
+  causal LM, via transformers ``generate``). Generated pairs are deduplicated and their query
+  lengths reported; the source document is a known positive of the query, so it is never mined
+  as its negative.
 """
 
 from __future__ import annotations

@@ -21,21 +21,19 @@ MODES = ("free", "padded", "fixed")
 
 
 def _child(mode: str, steps: int, every: int) -> dict:
-    import ctypes
-    import gc
     import random
 
     import torch
     from sentence_transformers import SentenceTransformer
 
     from embedtune.models import resolve_model_path
+    from embedtune.peak_memory import release_freed_memory
     from embedtune.training.trainer import PAD_TO_MULTIPLE_OF
 
     torch.manual_seed(0)
     rng = random.Random(0)
     model = SentenceTransformer(str(resolve_model_path("minilm")), device="cpu").train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    trim = ctypes.CDLL(None).malloc_trim
 
     def rss_mb() -> float:
         with open("/proc/self/status") as f:
@@ -56,16 +54,17 @@ def _child(mode: str, steps: int, every: int) -> dict:
         optimizer.step()
         optimizer.zero_grad()
         if step % every == 0:
-            gc.collect()
-            trim(0)
+            release_freed_memory()  # gc + malloc_trim, as between pipeline stages: what remains is live
             readings.append([step, round(rss_mb(), 1)])
     return {"readings": readings}
 
 
 def _slope(readings: list) -> float:
-    xs, ys = [r[0] for r in readings[1:]], [r[1] for r in readings[1:]]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(sum((x - mx) ** 2 for x in xs), 1e-9)
+    """MB per step after the first reading: the least-squares line's slope."""
+    import numpy as np
+
+    steps, rss = np.asarray(readings[1:], dtype=float).T
+    return float(np.polyfit(steps, rss, 1)[0])
 
 
 def main() -> None:
