@@ -157,7 +157,7 @@ def run_evaluation(cfg: EvalConfig, out_dir: str | Path, *, overwrite: bool = Fa
         inputs[f"precision[{i}]"] = resolve_precision(m.precision, resolve_device(m.device))
     # where embeddings are cached does not change the results
     key = stage_key(cfg.model_dump(mode="json", exclude={"cache_dir"}), inputs)
-    if prepare_run_folder(out, "eval", key, overwrite=overwrite):
+    if prepare_run_folder(out, "eval", key, overwrite=overwrite, config=cfg, inputs=inputs, ignore=("cache_dir",)):
         manifest = read_manifest(out)
         import json
 

@@ -570,10 +570,10 @@ def _write_bm25(folder: Path, passages: list[dict[str, Any]]) -> None:
     atomic_write_json(folder / BM25_DIR / "ids.json", [p["id"] for p in passages])
 
 
-def _prepare(out_dir: Path, key: str, overwrite: bool) -> dict[str, Any] | None:
+def _prepare(out_dir: Path, key: str, overwrite: bool, cfg: IndexConfig, inputs: dict[str, str]) -> dict[str, Any] | None:
     """The existing complete manifest when this exact build is already there; raises when the
     folder holds something else (unless ``overwrite``)."""
-    from .run_folder import read_manifest
+    from .run_folder import read_manifest, same_work
 
     if not out_dir.exists():
         return None
@@ -593,7 +593,7 @@ def _prepare(out_dir: Path, key: str, overwrite: bool) -> dict[str, Any] | None:
         return None
     if manifest.get("stage") != STAGE:
         raise RunDirError(f"folder holds a '{manifest.get('stage')}' run, not an index; choose another --out", file=out_dir / MANIFEST)
-    if manifest.get("key") != key:
+    if manifest.get("key") != key and not same_work(manifest, cfg, inputs):
         raise RunDirError(
             "folder holds an index of another config, model or corpus; pass --overwrite to rebuild it, or 'embedtune index update' for a changed corpus",
             file=out_dir / MANIFEST, field="key",
@@ -627,7 +627,7 @@ def build_index(
     fingerprint = model.fingerprint
     inputs = _inputs(cfg, fingerprint)
     key = stage_key(cfg, inputs)
-    existing = _prepare(out_dir, key, overwrite)
+    existing = _prepare(out_dir, key, overwrite, cfg, inputs)
     if existing is not None:
         return _summary(out_dir, existing, skipped=True)
     _remove_stale_builds(out_dir)

@@ -6,7 +6,9 @@ Artifacts are written atomically through :func:`embedtune.io.atomic_write_dir` (
 
 The manifest's ``key`` is a hash of the stage's config and inputs. A stage whose key matches a
 completed manifest in its folder is skipped; a folder holding another config's results is an
-error (unless the user asks to overwrite), so results from two configs never mix.
+error (unless the user asks to overwrite), so results from two configs never mix. A folder made
+before a release added a setting has another key but the same work when the new setting is at
+its default: :func:`same_work` tells them apart from the manifest's recorded config.
 """
 
 from __future__ import annotations
@@ -73,11 +75,43 @@ def read_manifest(folder: str | Path) -> dict[str, Any] | None:
         raise RunDirError("manifest is corrupt (not valid JSON); delete the folder or pass --overwrite", file=path) from None
 
 
-def prepare_run_folder(folder: str | Path, stage: str, key: str, *, overwrite: bool = False) -> bool:
+def _leaves(value: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """A nested settings dict as {path: value}; lists and empty dicts are values."""
+    if isinstance(value, dict) and value:
+        return {p: v for key, item in value.items() for p, v in _leaves(item, (*path, key)).items()}
+    return {path: value}
+
+
+def same_work(manifest: dict[str, Any], config: BaseModel, inputs: dict[str, str], ignore: tuple[str, ...] = ()) -> bool:
+    """Whether a manifest whose key differs records the same work as ``config`` on ``inputs``.
+
+    The key hashes every setting, defaults included, so a release that adds a setting changes
+    the key of every folder made before it. Hashing only the settings the user chose would hide
+    a changed default instead. So the recorded config decides: every setting it holds must have
+    the same value now (a changed default is other work), and a setting it lacks -- added since --
+    must be at its default (the behaviour the folder was made with). Settings in ``ignore`` (a
+    cache folder, a chunk size) do not change results.
+    """
+    recorded = manifest.get("config")
+    if not isinstance(recorded, dict) or manifest.get("inputs") != inputs:
+        return False
+    before = {p: v for p, v in _leaves(recorded).items() if p[0] not in ignore}
+    now = {p: v for p, v in _leaves(config.model_dump(mode="json")).items() if p[0] not in ignore}
+    chosen = _leaves(config.model_dump(mode="json", exclude_defaults=True))
+    if any(p not in now or now[p] != v for p, v in before.items()):
+        return False
+    return not any(p in chosen for p in now.keys() - before.keys())
+
+
+def prepare_run_folder(folder: str | Path, stage: str, key: str, *, overwrite: bool = False,
+                       config: BaseModel | None = None, inputs: dict[str, str] | None = None,
+                       ignore: tuple[str, ...] = ()) -> bool:
     """Make ``folder`` ready for ``stage``. Returns True when the same work is already complete.
 
     Raises :class:`RunDirError` when the folder holds another stage's or another config's
-    results, unless ``overwrite``.
+    results, unless ``overwrite``. With ``config`` and ``inputs``, a folder whose key differs
+    only by settings added since it was made (at their defaults) is the same work
+    (:func:`same_work`); its manifest is left as it is, so later stages see no change.
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
@@ -88,7 +122,7 @@ def prepare_run_folder(folder: str | Path, stage: str, key: str, *, overwrite: b
         return False
     if manifest.get("stage") != stage:
         raise RunDirError(f"folder holds a '{manifest.get('stage')}' run, not '{stage}'; choose another --out or pass --overwrite", file=folder / MANIFEST)
-    if manifest.get("key") != key:
+    if manifest.get("key") != key and not (config is not None and inputs is not None and same_work(manifest, config, inputs, ignore)):
         raise RunDirError("folder holds results of another config or other inputs; choose another --out or pass --overwrite", file=folder / MANIFEST, field="key")
     return manifest.get("status") == "complete"
 

@@ -280,7 +280,9 @@ def run_selection(cfg: SelectConfig, base: ModelConfig, train_dir: Path, dev: "D
         # existed, so upgrading never re-runs its select stage (and, after it, the index)
         inputs |= {"teacher_guard": True, "teacher_bm25_weight": teacher_bm25_weight}
     key = stage_key({"select": settings, "model": base.model_dump(mode="json")}, inputs)
-    if prepare_run_folder(out_dir, STAGE, key, overwrite=overwrite):
+    # same_work compares the select settings only: the base model's settings are the train stage's
+    # (the pipeline fills one model into both), so a change there re-runs train and, after it, select
+    if prepare_run_folder(out_dir, STAGE, key, overwrite=overwrite, config=cfg, inputs=inputs):
         return {"skipped": True, **json.loads((out_dir / "selection.json").read_text())}
     if dev is None:  # the user turned the dev signal off: nothing to guard with, and the summary says so
         from .io import save_model_atomically

@@ -328,6 +328,35 @@ def test_rerun_is_skipped_and_other_config_needs_overwrite(tmp_path, beir, tiny_
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]["relative_margin"] == 0.1
 
 
+def test_a_folder_made_before_a_setting_existed_is_reused_while_it_stays_at_its_default(tmp_path, beir, tiny_model_dir):
+    """A release that adds a setting changes every stage key (the key hashes defaults too); the
+    recorded config decides: an added setting at its default is the same work, an added setting
+    set otherwise or a setting whose value (or default) changed is other work."""
+    from typer.testing import CliRunner
+
+    from embedtune.cli import app
+
+    args = ["mine", "--model", tiny_model_dir, "--pairs", f"{beir}:train", "--out", str(tmp_path / "run"),
+            "--cache-dir", str(tmp_path / "cache"), "--range-max", "10", "--num-negatives", "2", "--json"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    path = tmp_path / "run" / "manifest.json"
+    made = json.loads(path.read_text())
+
+    def as_if_made(config):  # the manifest an older release wrote: its own config and key
+        path.write_text(json.dumps({**made, "key": "0" * 64, "config": config}))
+
+    older = {k: v for k, v in made["config"].items() if k != "margin_against"}
+    as_if_made(older)
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and json.loads(again.stdout.strip().splitlines()[-1])["skipped"] is True
+    assert json.loads(path.read_text())["key"] == "0" * 64  # left as it was: later stages see no change
+    other = CliRunner().invoke(app, [*args, "--margin-against", "strongest"])
+    assert other.exit_code == 7 and "another config" in other.output
+    as_if_made({**older, "relative_margin": made["config"]["relative_margin"] + 0.01})  # a default that changed
+    changed = CliRunner().invoke(app, args)
+    assert changed.exit_code == 7 and "another config" in changed.output
+
+
 def test_mining_again_reuses_the_corpus_embeddings(tmp_path, beir, bi_encoder, monkeypatch):
     """The second run with other settings encodes the queries only (counted at the model's input)."""
     import embedtune.models

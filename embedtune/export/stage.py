@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import RunDirError
 from ..io import TMP_PREFIX, atomic_write_json, atomic_write_text, sha256_file
-from ..run_folder import MANIFEST, read_manifest, stage_key, write_manifest
+from ..run_folder import MANIFEST, read_manifest, same_work, stage_key, write_manifest
 from ..models import check_model_folder, model_fingerprint, read_query_side
 from .config import STAGE, ExportConfig
 from .fast_models import export_int8, export_onnx
@@ -64,7 +64,7 @@ def _check_out_location(parts: RunParts, out_dir: Path) -> None:
 
 
 
-def _existing_export(out_dir: Path, key: str, overwrite: bool) -> dict[str, Any] | None:
+def _existing_export(out_dir: Path, key: str, overwrite: bool, cfg: ExportConfig, inputs: dict[str, str]) -> dict[str, Any] | None:
     """The manifest of an identical finished export in ``out_dir``; raises when ``out_dir``
     holds anything else (unless ``overwrite``)."""
     if not out_dir.exists() or overwrite:
@@ -77,7 +77,8 @@ def _existing_export(out_dir: Path, key: str, overwrite: bool) -> dict[str, Any]
         manifest = read_manifest(out_dir)
     except RunDirError:
         manifest = None
-    if manifest and manifest.get("stage") == STAGE and manifest.get("key") == key and manifest.get("status") == "complete":
+    same = manifest is not None and (manifest.get("key") == key or same_work(manifest, cfg, inputs))
+    if same and manifest.get("stage") == STAGE and manifest.get("status") == "complete":
         return manifest
     raise RunDirError("export folder exists and is not empty (another export or other files); choose another --out or pass --overwrite", file=out_dir)
 
@@ -96,7 +97,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig | Non
     check_model_folder(parts.model_dir)
     inputs = _source_inputs(parts)
     key = stage_key(cfg, inputs)
-    existing = _existing_export(out_dir, key, overwrite)
+    existing = _existing_export(out_dir, key, overwrite, cfg, inputs)
     if existing is not None:
         return {**existing["summary"], "skipped": True, "out": str(out_dir)}
     for p in out_dir.parent.glob(f"{TMP_PREFIX}{out_dir.name}.*") if out_dir.parent.is_dir() else []:

@@ -98,10 +98,10 @@ class MineConfig(StrictModel):
 
 
 
+# where the cache lives and how queries are chunked do not change a single row
+NOT_IDENTITY = ("cache_dir", "query_chunk_size")
+
+
 def identity_config(cfg: MineConfig) -> dict[str, Any]:
-    """The settings that decide the results (the run folder's key): where the cache lives and how
-    queries are chunked do not change a single row."""
-    data = cfg.model_dump(mode="json")
-    data.pop("cache_dir")
-    data.pop("query_chunk_size")
-    return data
+    """The settings that decide the results (the run folder's key)."""
+    return cfg.model_dump(mode="json", exclude=set(NOT_IDENTITY))

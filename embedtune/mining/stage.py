@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .candidates import CandidatePool
-from .config import FILTERS, MineConfig, identity_config
+from .config import FILTERS, NOT_IDENTITY, MineConfig, identity_config
 from .inputs import hash_inputs, load_mining_inputs, resolved_pairs_source
 from .negatives import mine_negatives
 from .teachers import CrossEncoderTeacher, HybridTeacher, Teacher
@@ -49,7 +49,7 @@ def mine_hard_negatives(
     timings["load_inputs"] = time.perf_counter() - t
     input_hashes = hash_inputs(inputs, cfg)
     key = stage_key(identity_config(cfg), input_hashes)
-    if prepare_run_folder(out, "mine", key, overwrite=overwrite):
+    if prepare_run_folder(out, "mine", key, overwrite=overwrite, config=cfg, inputs=input_hashes, ignore=NOT_IDENTITY):
         manifest = read_manifest(out) or {}
         return {**manifest.get("metrics", {}), "skipped": True, "out": str(out)}
     remove_stale_temp_files(out)

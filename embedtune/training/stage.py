@@ -63,7 +63,7 @@ def train_model(
         folder, split = parse_benchmark_source(cfg.dev.source)
         inputs["dev_qrels"] = hash_path(folder / "qrels" / f"{split}.tsv")
     key = stage_key(cfg, inputs)
-    if prepare_run_folder(out, STAGE, key, overwrite=overwrite) and (out / "model").is_dir():
+    if prepare_run_folder(out, STAGE, key, overwrite=overwrite, config=cfg, inputs=inputs) and (out / "model").is_dir():
         log.info("%s already holds this training run (same config and inputs): nothing to do", out)
         return read_manifest(out)
     if overwrite:
