@@ -274,12 +274,11 @@ def run_selection(cfg: SelectConfig, base: ModelConfig, train_dir: Path, dev: "D
 
     inputs = {"base": model_fingerprint(resolve_model_path(base.name)), "tuned": hash_path(train_dir / "model"),
               "dev": dev.description if dev else "none"}
-    settings = cfg.model_dump(mode="json", exclude={"teacher_guard"} if cfg.teacher_guard is None else None)
     if (pseudo_queries if cfg.teacher_guard is None else cfg.teacher_guard):
-        # only where the teacher judges: a run without the guard keeps the key it had before the guard
-        # existed, so upgrading never re-runs its select stage (and, after it, the index)
+        # only where the teacher judges: the inputs of a run without the guard stay those of a folder
+        # made before the guard existed, so upgrading never re-runs its select stage (nor the index)
         inputs |= {"teacher_guard": True, "teacher_bm25_weight": teacher_bm25_weight}
-    key = stage_key({"select": settings, "model": base.model_dump(mode="json")}, inputs)
+    key = stage_key({"select": cfg.model_dump(mode="json"), "model": base.model_dump(mode="json")}, inputs)
     # same_work compares the select settings only: the base model's settings are the train stage's
     # (the pipeline fills one model into both), so a change there re-runs train and, after it, select
     if prepare_run_folder(out_dir, STAGE, key, overwrite=overwrite, config=cfg, inputs=inputs):
