@@ -155,9 +155,9 @@ def run_evaluation(cfg: EvalConfig, out_dir: str | Path, *, overwrite: bool = Fa
         inputs[f"model[{i}]"] = model_fingerprint(resolve_model_path(m.name))
         # what "auto" means can change (measured default, bf16 support): the precision used counts
         inputs[f"precision[{i}]"] = resolve_precision(m.precision, resolve_device(m.device))
-    # where embeddings are cached does not change the results
-    key = stage_key(cfg.model_dump(mode="json", exclude={"cache_dir"}), inputs)
-    if prepare_run_folder(out, "eval", key, overwrite=overwrite, config=cfg, inputs=inputs, ignore=("cache_dir",)):
+    not_identity = ("cache_dir",)  # where embeddings are cached does not change the results
+    key = stage_key(cfg.model_dump(mode="json", exclude=set(not_identity)), inputs)
+    if prepare_run_folder(out, "eval", key, overwrite=overwrite, config=cfg, inputs=inputs, ignore=not_identity):
         manifest = read_manifest(out)
         import json
 

@@ -593,7 +593,7 @@ def _prepare(out_dir: Path, key: str, overwrite: bool, cfg: IndexConfig, inputs:
         return None
     if manifest.get("stage") != STAGE:
         raise RunDirError(f"folder holds a '{manifest.get('stage')}' run, not an index; choose another --out", file=out_dir / MANIFEST)
-    if manifest.get("key") != key and not same_work(manifest, cfg, inputs):
+    if not same_work(manifest, key, cfg, inputs):
         raise RunDirError(
             "folder holds an index of another config, model or corpus; pass --overwrite to rebuild it, or 'embedtune index update' for a changed corpus",
             file=out_dir / MANIFEST, field="key",

@@ -82,8 +82,9 @@ def _leaves(value: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any
     return {path: value}
 
 
-def same_work(manifest: dict[str, Any], config: BaseModel, inputs: dict[str, str], ignore: tuple[str, ...] = ()) -> bool:
-    """Whether a manifest whose key differs records the same work as ``config`` on ``inputs``.
+def same_work(manifest: dict[str, Any], key: str, config: BaseModel, inputs: dict[str, str], ignore: tuple[str, ...] = ()) -> bool:
+    """Whether a manifest records the work of ``config`` on ``inputs``: the same key, or a key
+    that differs only by settings added since the manifest was written.
 
     The key hashes every setting, defaults included, so a release that adds a setting changes
     the key of every folder made before it. Hashing only the settings the user chose would hide
@@ -92,6 +93,8 @@ def same_work(manifest: dict[str, Any], config: BaseModel, inputs: dict[str, str
     must be at its default (the behaviour the folder was made with). Settings in ``ignore`` (a
     cache folder, a chunk size) do not change results.
     """
+    if manifest.get("key") == key:
+        return True
     recorded = manifest.get("config")
     if not isinstance(recorded, dict) or manifest.get("inputs") != inputs:
         return False
@@ -103,15 +106,14 @@ def same_work(manifest: dict[str, Any], config: BaseModel, inputs: dict[str, str
     return not any(p in chosen for p in now.keys() - before.keys())
 
 
-def prepare_run_folder(folder: str | Path, stage: str, key: str, *, overwrite: bool = False,
-                       config: BaseModel | None = None, inputs: dict[str, str] | None = None,
-                       ignore: tuple[str, ...] = ()) -> bool:
+def prepare_run_folder(folder: str | Path, stage: str, key: str, *, config: BaseModel, inputs: dict[str, str],
+                       ignore: tuple[str, ...] = (), overwrite: bool = False) -> bool:
     """Make ``folder`` ready for ``stage``. Returns True when the same work is already complete.
 
     Raises :class:`RunDirError` when the folder holds another stage's or another config's
-    results, unless ``overwrite``. With ``config`` and ``inputs``, a folder whose key differs
-    only by settings added since it was made (at their defaults) is the same work
-    (:func:`same_work`); its manifest is left as it is, so later stages see no change.
+    results, unless ``overwrite``. A folder whose key differs only by settings added since it was
+    made (at their defaults) is the same work (:func:`same_work`); its manifest is left as it is,
+    so later stages see no change.
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
@@ -122,7 +124,7 @@ def prepare_run_folder(folder: str | Path, stage: str, key: str, *, overwrite: b
         return False
     if manifest.get("stage") != stage:
         raise RunDirError(f"folder holds a '{manifest.get('stage')}' run, not '{stage}'; choose another --out or pass --overwrite", file=folder / MANIFEST)
-    if manifest.get("key") != key and not (config is not None and inputs is not None and same_work(manifest, config, inputs, ignore)):
+    if not same_work(manifest, key, config, inputs, ignore):
         raise RunDirError("folder holds results of another config or other inputs; choose another --out or pass --overwrite", file=folder / MANIFEST, field="key")
     return manifest.get("status") == "complete"
 

@@ -77,8 +77,7 @@ def _existing_export(out_dir: Path, key: str, overwrite: bool, cfg: ExportConfig
         manifest = read_manifest(out_dir)
     except RunDirError:
         manifest = None
-    same = manifest is not None and (manifest.get("key") == key or same_work(manifest, cfg, inputs))
-    if same and manifest.get("stage") == STAGE and manifest.get("status") == "complete":
+    if manifest and manifest.get("stage") == STAGE and manifest.get("status") == "complete" and same_work(manifest, key, cfg, inputs):
         return manifest
     raise RunDirError("export folder exists and is not empty (another export or other files); choose another --out or pass --overwrite", file=out_dir)
 
