@@ -26,7 +26,7 @@ def mine_command(
     relative_margin: float = typer.Option(None, "--relative-margin", help="Drop candidates scoring above pos - |pos| x margin (default 0.05)."),
     absolute_margin: float = typer.Option(None, "--absolute-margin", help="Drop candidates scoring above pos - margin."),
     max_score: float = typer.Option(None, "--max-score", help="Drop candidates scoring above this."),
-    margin_against: str = typer.Option(None, "--margin-against", help="weakest | strongest: the query's positive the margins compare with (default weakest; strongest for densely judged data such as NFCorpus)."),
+    margin_against: str = typer.Option(None, "--margin-against", help="weakest | strongest: the query's positive the margins compare with (default weakest; strongest keeps hard negatives on densely judged data, but on NFCorpus they trained worse than random ones)."),
     retriever: str = typer.Option(None, "--retriever", help="dense | bm25 | hybrid (dense + BM25, reciprocal-rank fusion)."),
     cross_encoder: str = typer.Option(None, "--cross-encoder", help="Local CrossEncoder folder: re-scores candidates, drops likely false negatives, stores teacher scores."),
     query_prompt: opt.QueryPrompt = None,

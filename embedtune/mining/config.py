@@ -65,8 +65,9 @@ class MineConfig(StrictModel):
     max_score: float | None = Field(None, description="Drop candidates scoring above this.")
     margin_against: Literal["weakest", "strongest"] = Field(
         "weakest", description="The positive the margins compare with: the query's weakest (a negative must score below "
-        "every positive) or strongest (for densely judged data, where the weakest of many positives scores below "
-        "almost every candidate and 'weakest' leaves no hard negatives)."
+        "every positive) or strongest (hard negatives on densely judged data, where the weakest of many positives "
+        "scores below almost every candidate and 'weakest' leaves none; on NFCorpus those were mostly unjudged "
+        "relevant pages and trained worse than random ones: eval/results/history.md)."
     )
     seed: int = 42
     query_chunk_size: int = Field(2048, gt=0, description="Queries searched and filtered together (bounds memory).")

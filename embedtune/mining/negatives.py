@@ -235,7 +235,8 @@ def mine_negatives(
         log.warning(
             "%.1f%% of the rows got no hard negative (the trainer pads them with random documents). "
             "The margin filters removed %.0f%% of the rank window: they compare each candidate with the query's "
-            "%s positive%s. Loosen relative_margin/absolute_margin, widen range_max%s if you want hard negatives.",
+            "%s positive%s. Loosen relative_margin/absolute_margin, widen range_max%s if you want hard negatives "
+            "(with dozens of judged positives per query they may be unjudged relevant documents: measure on dev).",
             100 * empty, 100 * (counts.get("relative_margin", 0) + counts.get("absolute_margin", 0)) / window,
             cfg.margin_against,
             ", and with many judged positives per query the weakest scores below most candidates"
