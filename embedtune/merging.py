@@ -79,17 +79,29 @@ def merge_models(base: "SentenceTransformer", tuned: list["SentenceTransformer"]
 
 
 def merge_folders(base: ModelConfig, tuned: list[ModelConfig], alpha: float, out_dir: str | Path) -> Path:
-    """Load, merge and save (safetensors, swapped in atomically) -- ``embedtune merge``."""
+    """Load, merge and save (safetensors, swapped in atomically) -- ``embedtune merge``.
+
+    A query-side model (``train.side: query``) merges by moving its query side ``alpha`` of the way
+    from the base (:func:`embedtune.query_side.interpolate_query_side`, what the select stage does);
+    its documents stay the base's vectors, so the merge serves the base's indexes too."""
     from .models import load_model
     from .io import save_model_atomically
+    from .query_side import interpolate_query_side
 
     _check_alpha(alpha)  # before loading anything
     base_model = load_model(base)
     models = [load_model(m) for m in tuned]
     for model, cfg in zip(models, tuned):
-        if model.query_side:
-            raise ModelError("a query-side model is merged with its base by moving its query side toward the base: "
-                             "the select stage of 'embedtune run' does that (select.alphas), not 'embedtune merge'", file=cfg.name)
+        if not model.query_side:
+            continue
+        if len(models) > 1:
+            raise ModelError("a query-side model merges with its base alone (one --model): its query side is "
+                             "interpolated with the base's, not averaged with other models", file=cfg.name)
+        if model.document_fingerprint != base_model.fingerprint:
+            raise ModelError("cannot merge: this query-side model's document encoder is not the --base model "
+                             f"(sha256 {model.document_fingerprint[:12]} vs {base_model.fingerprint[:12]})", file=cfg.name)
+        save_model_atomically(interpolate_query_side(model, alpha), Path(out_dir))
+        return Path(out_dir)
     merged = merge_models(base_model.st, [m.st for m in models], alpha, [m.name for m in tuned])
     save_model_atomically(merged, Path(out_dir))
     return Path(out_dir)

@@ -186,15 +186,39 @@ def test_the_encoder_kind_trains_a_query_copy_and_keeps_documents(trainable_mode
     np.testing.assert_allclose(plain.encode_query(QUERIES), moved, atol=1e-5)
 
 
-def test_merge_refuses_a_query_side_model_and_says_what_merges_it(trained, trainable_model_dir, tmp_path):  # noqa: F811
+def test_merge_moves_a_query_side_model_toward_its_base_and_refuses_what_cannot_merge(trained, trainable_model_dir, tmp_path):  # noqa: F811
     from typer.testing import CliRunner
 
     from embedtune.cli import app
 
     tmp, _, _ = trained
-    res = CliRunner().invoke(app, ["merge", "--base", trainable_model_dir, "--model", str(tmp / "train" / "model"),
-                                   "--alpha", "0.5", "--out", str(tmp_path / "merged")])
-    assert res.exit_code == 5, res.output
-    errors = [line for line in res.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and "query-side model" in errors[0] and "select stage" in errors[0]
-    assert not (tmp_path / "merged").exists()
+    tuned_dir = str(tmp / "train" / "model")
+    base, tuned = load_model(trainable_model_dir), load_model(tuned_dir)
+
+    def merge(*args: str) -> object:
+        return CliRunner().invoke(app, ["merge", "--base", trainable_model_dir, *args])
+
+    def query_vectors(model) -> np.ndarray:
+        return encode_texts(model, QUERIES, precision="fp32", show_progress=False, task="query")
+
+    for alpha in ("0", "0.5", "1"):
+        res = merge("--model", tuned_dir, "--alpha", alpha, "--out", str(tmp_path / f"merged-{alpha}"))
+        assert res.exit_code == 0, res.output
+    merged = {a: load_model(str(tmp_path / f"merged-{a}")) for a in ("0", "0.5", "1")}
+    np.testing.assert_allclose(query_vectors(merged["0"]), query_vectors(base), atol=1e-6)
+    np.testing.assert_allclose(query_vectors(merged["1"]), query_vectors(tuned), atol=1e-6)
+    mid, ends = query_vectors(merged["0.5"]), [query_vectors(base), query_vectors(tuned)]
+    assert min(np.abs(mid - end).max() for end in ends) > 1e-3  # between the two, equal to neither
+    for model in merged.values():  # still the base's documents: its indexes and cached vectors serve the merge
+        assert model.query_side and model.document_fingerprint == base.fingerprint
+        assert encode_texts(model, TEXTS, precision="fp32", show_progress=False).tobytes() == \
+            encode_texts(base, TEXTS, precision="fp32", show_progress=False).tobytes()
+
+    other = build_tiny_bert(tmp_path / "other-base", seed=7)
+    for args, says in ((["--model", tuned_dir, "--model", tuned_dir], "merges with its base alone"),
+                       (["--base", str(other), "--model", tuned_dir], "document encoder is not the --base")):
+        res = merge(*args, "--alpha", "0.5", "--out", str(tmp_path / "refused"))
+        assert res.exit_code == 5, res.output
+        errors = [line for line in res.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and says in errors[0], res.stderr
+        assert not (tmp_path / "refused").exists()

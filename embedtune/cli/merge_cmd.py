@@ -15,7 +15,7 @@ from .app import app, command, console, emit_json
 @command
 def merge_command(
     base: str = typer.Option("minilm", "--base", help=opt.MODEL_HELP + " The model the tuned ones started from."),
-    models: List[str] = typer.Option(..., "--model", "-m", help="A tuned model folder; repeat to average several (same base)."),
+    models: List[str] = typer.Option(..., "--model", "-m", help="A tuned model folder; repeat to average several (same base). A query-side model merges alone: its query side moves toward the base's."),
     alpha: float = typer.Option(..., "--alpha", help="0 = the base, 1 = the (mean) tuned model, between = interpolation."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the merged sentence-transformers model (safetensors)."),
     as_json: opt.Json = False,
