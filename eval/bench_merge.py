@@ -64,6 +64,9 @@ def main() -> None:
     parser.add_argument("--in-domain", required=True, help="BEIR folder or name the model was tuned on (its test split)")
     parser.add_argument("--out-of-domain", default=f"nfcorpus,{DEMO}", help=f"comma-separated BEIR folders or names; '{DEMO}' = the docstring corpus")
     parser.add_argument("--alphas", default="0.5,0.75,1.0", help="merge weights (1 = the tuned model); the base (0) is always evaluated")
+    parser.add_argument("--max-seq-length", type=int, default=None,
+                        help="token limit for every model (default: each model's own; a model tuned at 128 beside a base at 256 "
+                             "would compare two lengths, so set it when they differ)")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench_merge"), help="folder for the merged models")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.relative_to(ROOT)}")
@@ -79,16 +82,17 @@ def main() -> None:
     setup_logging()
     work = Path(args.work).resolve()
     alphas = [float(a) for a in args.alphas.split(",")]
-    models, labels = [ModelConfig(name=args.base)], ["base"]
+    length = {"max_seq_length": args.max_seq_length} if args.max_seq_length else {}
+    models, labels = [ModelConfig(name=args.base, **length)], ["base"]
     tuned_id = model_fingerprint(args.tuned)[:12]  # merges of another tuned model in the same --work are others
     for alpha in alphas:
         if alpha == 1.0:
-            models.append(ModelConfig(name=str(Path(args.tuned).resolve())))
+            models.append(ModelConfig(name=str(Path(args.tuned).resolve()), **length))
         else:
             out = work / f"merged-{tuned_id}-{alpha:g}"
             if not (out / "modules.json").is_file():  # merging is deterministic: a folder already written is the same
                 merge_folders(ModelConfig(name=args.base), [ModelConfig(name=args.tuned)], alpha, out)
-            models.append(ModelConfig(name=str(out)))
+            models.append(ModelConfig(name=str(out), **length))
         labels.append(f"alpha={alpha:g}")
 
     rows: dict[str, dict] = {}
@@ -109,7 +113,8 @@ def main() -> None:
             print(f"{folder.name} ({role}): " + ", ".join(f"{k} {v[HEADLINE]:.4f}" + (f" ({v['delta']:+.4f}, p={v['p_value']:.3f})" if "delta" in v else "")
                                                          for k, v in row["systems"].items()), file=sys.stderr)
     in_domain = next(name for name, row in rows.items() if row["role"] == "in-domain")
-    summary = {"tuned": str(args.tuned), "base": args.base, "metric": HEADLINE, "split": "test", "benchmarks": rows}
+    summary = {"tuned": str(args.tuned), "base": args.base, "metric": HEADLINE, "split": "test",
+               "max_seq_length": args.max_seq_length or "each model's own", "benchmarks": rows}
     if not args.no_write:
         print(f"wrote {atomic_write_json(RESULTS, merge_entry(RESULTS, in_domain, summary))}", file=sys.stderr)
     if args.json:
