@@ -65,8 +65,8 @@ def main() -> None:
     parser.add_argument("--out-of-domain", default=f"nfcorpus,{DEMO}", help=f"comma-separated BEIR folders or names; '{DEMO}' = the docstring corpus")
     parser.add_argument("--alphas", default="0.5,0.75,1.0", help="merge weights (1 = the tuned model); the base (0) is always evaluated")
     parser.add_argument("--max-seq-length", type=int, default=None,
-                        help="token limit for every model (default: each model's own; a model tuned at 128 beside a base at 256 "
-                             "would compare two lengths, so set it when they differ)")
+                        help="token limit for every model (default: the base model's; a model saved at another length, "
+                             "e.g. tuned at 128 beside a base at 256, is evaluated at the base's)")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench_merge"), help="folder for the merged models")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.relative_to(ROOT)}")
@@ -82,7 +82,12 @@ def main() -> None:
     setup_logging()
     work = Path(args.work).resolve()
     alphas = [float(a) for a in args.alphas.split(",")]
-    length = {"max_seq_length": args.max_seq_length} if args.max_seq_length else {}
+    from embedtune.models import load_model
+
+    # one length for every model: a tuned folder saves the length it was trained at, and the base
+    # at 256 against a model at 128 would measure truncation, not tuning
+    max_seq_length = args.max_seq_length or load_model(ModelConfig(name=args.base)).max_seq_length
+    length = {"max_seq_length": max_seq_length}
     models, labels = [ModelConfig(name=args.base, **length)], ["base"]
     tuned_id = model_fingerprint(args.tuned)[:12]  # merges of another tuned model in the same --work are others
     for alpha in alphas:
@@ -114,7 +119,7 @@ def main() -> None:
                                                          for k, v in row["systems"].items()), file=sys.stderr)
     in_domain = next(name for name, row in rows.items() if row["role"] == "in-domain")
     summary = {"tuned": str(args.tuned), "base": args.base, "metric": HEADLINE, "split": "test",
-               "max_seq_length": args.max_seq_length or "each model's own", "benchmarks": rows}
+               "max_seq_length": max_seq_length, "benchmarks": rows}
     if not args.no_write:
         print(f"wrote {atomic_write_json(RESULTS, merge_entry(RESULTS, in_domain, summary))}", file=sys.stderr)
     if args.json:
