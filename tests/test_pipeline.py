@@ -301,6 +301,7 @@ def test_query_side_pipeline_keeps_the_base_models_document_vectors(tmp_path, ti
     assert summary["reindexed"] is False
     assert summary["shipped"]["beat_base"], summary["shipped"]  # the adapter, not the base, is what is checked below
     assert (run_dir / "select" / "model" / QUERY_SIDE_FILE).is_file()
-    assert "## Query side only" in (run_dir / "export" / "model" / "README.md").read_text()
+    card = (run_dir / "export" / "model" / "README.md").read_text()
+    assert "## Query side only" in card and "do not use it to search other document collections" in card
     info = json.loads((run_dir / "index" / "manifest.json").read_text())["index"]
     assert info["document_encoder_sha256"] == load_model(tiny_model_dir).fingerprint

@@ -62,6 +62,10 @@ def query_side_note(s: dict[str, Any]) -> list[str]:
         f"are embedded by the base encoder unchanged (fingerprint `{enc['sha256'][:12]}`): document vectors you already "
         "stored with that encoder stay valid -- keep them, and embed only the queries with this model. Encode queries "
         "with `encode_query` and documents with `encode_document` (plain `encode` is the document side).", "",
+        # measured, not assumed: eval/results/query_side.md
+        "It is tuned for this collection. Query adapters measured by embedtune lost on collections they were not "
+        "trained on (nDCG@10 -0.02 to -0.06; merged halfway with the base still -0.007 to -0.010), where a full "
+        "fine-tune can gain: do not use it to search other document collections.", "",
     ]
 
 
