@@ -91,17 +91,17 @@ def merge_folders(base: ModelConfig, tuned: list[ModelConfig], alpha: float, out
     _check_alpha(alpha)  # before loading anything
     base_model = load_model(base)
     models = [load_model(m) for m in tuned]
-    for model, cfg in zip(models, tuned):
-        if not model.query_side:
-            continue
+    query_side = next(((m, cfg) for m, cfg in zip(models, tuned) if m.query_side), None)
+    if query_side is None:
+        merged = merge_models(base_model.st, [m.st for m in models], alpha, [m.name for m in tuned])
+    else:
+        model, cfg = query_side
         if len(models) > 1:
             raise ModelError("a query-side model merges with its base alone (one --model): its query side is "
                              "interpolated with the base's, not averaged with other models", file=cfg.name)
         if model.document_fingerprint != base_model.fingerprint:
             raise ModelError("cannot merge: this query-side model's document encoder is not the --base model "
                              f"(sha256 {model.document_fingerprint[:12]} vs {base_model.fingerprint[:12]})", file=cfg.name)
-        save_model_atomically(interpolate_query_side(model, alpha), Path(out_dir))
-        return Path(out_dir)
-    merged = merge_models(base_model.st, [m.st for m in models], alpha, [m.name for m in tuned])
+        merged = interpolate_query_side(model, alpha)
     save_model_atomically(merged, Path(out_dir))
     return Path(out_dir)
