@@ -468,6 +468,10 @@ def evaluate(cfg: EvalConfig, *, show_progress: bool = True) -> dict[str, Any]:
         log.info("evaluating %s on %s/%s (%d queries, %d documents)", label, folder.name, cfg.split, len(ds.queries), len(ds.corpus))
         run, info = dense_run(model_cfg, ds, top_k=cfg.depth, cache_dir=cfg.cache_dir, show_progress=show_progress)
         systems.append({"name": label, **info, "run": run})
+    lengths = {s["name"]: s["model"]["max_seq_length"] for s in systems}
+    if len(set(lengths.values())) > 1:  # a tuned folder keeps the length it was trained at, the base its own
+        log.warning("the models read documents at different token limits (%s): part of any difference is truncation; "
+                    "pass --max-seq-length to compare them at one", ", ".join(f"{n} {n_tok}" for n, n_tok in lengths.items()))
     if cfg.bm25 or cfg.hybrid:
         run, info = bm25_run(ds, top_k=max(cfg.depth, cfg.fusion.depth) if cfg.hybrid else cfg.depth)
         bm25_system = {"name": "bm25", **info, "run": run}

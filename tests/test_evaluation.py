@@ -246,3 +246,23 @@ def test_cli_eval_needs_a_system(tmp_path):
     result = CliRunner().invoke(app, ["eval", "--benchmark", str(data), "--out", str(tmp_path / "o")])
     assert result.exit_code == 4
     assert "nothing to evaluate" in result.stderr
+
+
+def test_models_read_at_different_token_limits_are_flagged(tmp_path, tiny_model_dir, caplog, monkeypatch):
+    import logging
+
+    from embedtune.config import ModelConfig
+    from embedtune.evaluation import EvalConfig, evaluate
+
+    monkeypatch.setenv("EMBEDTUNE_CACHE", str(tmp_path / "cache"))
+    data = write_beir(tmp_path / "beir")
+
+    def run(*lengths: int) -> str:
+        caplog.clear()
+        models = [ModelConfig(name=tiny_model_dir, max_seq_length=n) for n in lengths]
+        with caplog.at_level(logging.WARNING, logger="embedtune"):
+            evaluate(EvalConfig(benchmark=str(data), split="test", models=models, labels=["a", "b"]), show_progress=False)
+        return caplog.text
+
+    assert "different token limits (a 64, b 16)" in run(64, 16)
+    assert "different token limits" not in run(64, 64)
