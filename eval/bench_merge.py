@@ -77,13 +77,11 @@ def main() -> None:
     from embedtune.evaluation import HEADLINE, EvalConfig, evaluate
     from embedtune.io import atomic_write_json
     from embedtune.merging import merge_folders
-    from embedtune.models import model_fingerprint
+    from embedtune.models import load_model, model_fingerprint
 
     setup_logging()
     work = Path(args.work).resolve()
     alphas = [float(a) for a in args.alphas.split(",")]
-    from embedtune.models import load_model
-
     # one length for every model: a tuned folder saves the length it was trained at, and the base
     # at 256 against a model at 128 would measure truncation, not tuning
     max_seq_length = args.max_seq_length or load_model(ModelConfig(name=args.base)).max_seq_length

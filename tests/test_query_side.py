@@ -205,14 +205,15 @@ def test_merge_moves_a_query_side_model_toward_its_base_and_refuses_what_cannot_
         res = merge("--model", tuned_dir, "--alpha", alpha, "--out", str(tmp_path / f"merged-{alpha}"))
         assert res.exit_code == 0, res.output
     merged = {a: load_model(str(tmp_path / f"merged-{a}")) for a in ("0", "0.5", "1")}
-    np.testing.assert_allclose(query_vectors(merged["0"]), query_vectors(base), atol=1e-6)
-    np.testing.assert_allclose(query_vectors(merged["1"]), query_vectors(tuned), atol=1e-6)
-    mid, ends = query_vectors(merged["0.5"]), [query_vectors(base), query_vectors(tuned)]
-    assert min(np.abs(mid - end).max() for end in ends) > 1e-3  # between the two, equal to neither
+    base_queries, tuned_queries = query_vectors(base), query_vectors(tuned)
+    np.testing.assert_allclose(query_vectors(merged["0"]), base_queries, atol=1e-6)
+    np.testing.assert_allclose(query_vectors(merged["1"]), tuned_queries, atol=1e-6)
+    mid = query_vectors(merged["0.5"])
+    assert min(np.abs(mid - end).max() for end in (base_queries, tuned_queries)) > 1e-3  # between the two, equal to neither
+    base_docs = encode_texts(base, TEXTS, precision="fp32", show_progress=False).tobytes()
     for model in merged.values():  # still the base's documents: its indexes and cached vectors serve the merge
         assert model.query_side and model.document_fingerprint == base.fingerprint
-        assert encode_texts(model, TEXTS, precision="fp32", show_progress=False).tobytes() == \
-            encode_texts(base, TEXTS, precision="fp32", show_progress=False).tobytes()
+        assert encode_texts(model, TEXTS, precision="fp32", show_progress=False).tobytes() == base_docs
 
     other = build_tiny_bert(tmp_path / "other-base", seed=7)
     for args, says in ((["--model", tuned_dir, "--model", tuned_dir], "merges with its base alone"),
