@@ -20,8 +20,11 @@ the new model without re-encoding a document, and an index of another encoder is
 
 The objective is the contrastive one of ``loss.name: mnrl`` with the whole corpus as the batch:
 each relevant document against every document not judged relevant to the query (the mined hard
-negatives among them); other relevant documents of the query are masked. The epoch that scores
-best on the dev signal is kept. Written by hand, not with sentence-transformers' trainer: the
+negatives among them); other relevant documents of the query are masked. With
+``train.hybrid_teacher`` the KL divergence between mining's hybrid teacher (BM25 fused with the base
+model's cosine) and the model, both as a softmax over the whole corpus, is added: the labels name
+a few relevant documents, the teacher grades every other one. The epoch that scores best on the
+dev signal is kept. Written by hand, not with sentence-transformers' trainer: the
 trainer encodes every document column at each step, which is what this mode exists to avoid.
 """
 
@@ -212,6 +215,32 @@ class _Encoder:
         return add_query_encoder(self.base, self.model)
 
 
+class _CorpusTeacher:
+    """``train.hybrid_teacher``: the hybrid teacher's softmax over the whole corpus for each training
+    query, the target of a KL term. Rows are computed per batch (a query's BM25 row and the base
+    model's cosines), not stored: queries x documents floats would not fit for a large corpus."""
+
+    def __init__(self, cfg: Any, base: "LoadedModel", qids: list[str], qtexts: list[str], doc_texts: list[str], docs: Any) -> None:
+        from .encoding import encode_queries
+        from .lexical import bm25_index
+
+        self.cfg, self.texts, self.docs = cfg, qtexts, docs
+        self.queries = np.asarray(encode_queries(base, cfg.model, qids, qtexts))
+        self.bm25 = bm25_index(doc_texts)
+
+    def kl(self, rows: list[int], logits: Any) -> Any:
+        """KL(teacher || model) per query, averaged; ``logits`` are the model's scaled cosines."""
+        import torch
+
+        from .mining.teachers import hybrid_teacher_rows
+
+        t = self.cfg.hybrid_teacher
+        cos = self.queries[rows] @ self.docs.numpy().T
+        target = hybrid_teacher_rows(cos, [self.texts[i] for i in rows], self.bm25, t.bm25_weight, t.stats_depth)
+        log_target = torch.log_softmax(self.cfg.loss.scale * torch.from_numpy(target), dim=1)
+        return torch.nn.functional.kl_div(torch.log_softmax(logits, dim=1), log_target, log_target=True, reduction="batchmean")
+
+
 def train_query_side(cfg: Any, corpus: dict[str, str], queries: dict[str, str], relevant: dict[str, set[str]],
                      dev_queries: dict[str, str] | None, dev_relevant: dict[str, set[str]] | None, model_dir: Path, *,
                      precision: str, progress: bool = True) -> dict[str, Any]:
@@ -253,6 +282,7 @@ def train_query_side(cfg: Any, corpus: dict[str, str], queries: dict[str, str], 
         # against the whole corpus, not the dev sample: its vectors are already here
         dev_vectors = torch.from_numpy(np.array(encode_queries(base, cfg.model, dev_ids, dev_texts)))
 
+    teacher = _CorpusTeacher(cfg, base, qids, qtexts, [corpus[d] for d in doc_ids], docs) if cfg.hybrid_teacher else None
     optimizer = torch.optim.AdamW(side.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
     epochs = max(1, round(cfg.epochs))
     batches = [list(range(i, min(i + cfg.batch_size, len(qids)))) for i in range(0, len(qids), cfg.batch_size)]
@@ -277,6 +307,8 @@ def train_query_side(cfg: Any, corpus: dict[str, str], queries: dict[str, str], 
             negatives = torch.logsumexp(logits.masked_fill(relevant, float("-inf")), dim=1, keepdim=True)
             per_doc = torch.nn.functional.softplus(negatives - logits)
             loss = ((per_doc * relevant).sum(1) / relevant.sum(1)).mean()
+            if teacher is not None:
+                loss = loss + cfg.hybrid_teacher.weight * teacher.kl(idx, logits)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(side.parameters(), cfg.max_grad_norm)

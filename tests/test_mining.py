@@ -520,6 +520,8 @@ def test_hybrid_teacher_fuses_bm25_and_cosine_in_cosine_units(tmp_path, beir, bi
     import Stemmer
 
     from embedtune.corpus import load_corpus
+    from embedtune.lexical import bm25_index
+    from embedtune.mining.teachers import hybrid_teacher_rows
     from embedtune.models import load_model
 
     summary, rows = mine(tmp_path, bi_encoder, f"{beir}:train", relative_margin=None, hybrid_teacher={"bm25_weight": 0.3, "stats_depth": 10})
@@ -531,7 +533,10 @@ def test_hybrid_teacher_fuses_bm25_and_cosine_in_cosine_units(tmp_path, beir, bi
     bm25 = bm25s.BM25(method="lucene", k1=1.5, b=0.75)
     bm25.index(bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False), show_progress=False)
     checked = 0
-    for r in rows[:6]:
+    queries = [r["query"] for r in rows[:6]]
+    # the same teacher over the whole corpus (query-side distillation, train.hybrid_teacher)
+    whole = hybrid_teacher_rows(model.st.encode(queries, normalize_embeddings=True) @ docs.T, queries, bm25_index(texts), 0.3, 10)
+    for r, row in zip(rows[:6], whole):
         q = model.st.encode([r["query"]], normalize_embeddings=True)[0]
         cos_all = docs @ q
         tokens = bm25s.tokenize([r["query"]], stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)[0]
@@ -541,8 +546,9 @@ def test_hybrid_teacher_fuses_bm25_and_cosine_in_cosine_units(tmp_path, beir, bi
         fused = 0.7 * cos_all + 0.3 * (cos_top.mean() + cos_top.std() * z)
         expected = [fused[texts.index(t)] for t in [r["positive"], *r["negatives"]]]
         assert np.allclose([r["teacher_positive_score"], *r["teacher_negative_scores"]], expected, atol=1e-4)
+        np.testing.assert_allclose(row, fused, atol=1e-4)
         checked += len(expected)
-    assert checked > 6
+    assert checked > 6 and np.ptp(whole, axis=1).min() > 0.05  # the rows grade the documents, not a constant
     # the teacher filter works on the fused scale: a margin that removes everything leaves no negatives
     everything, _ = mine(tmp_path, bi_encoder, f"{beir}:train", out="all", relative_margin=None, hybrid_teacher={"margin": 1000.0})
     assert everything["negatives"] == 0 and everything["filter_counts"]["teacher"] == everything["filter_counts"]["window_candidates"]

@@ -223,3 +223,36 @@ def test_merge_moves_a_query_side_model_toward_its_base_and_refuses_what_cannot_
         errors = [line for line in res.stderr.splitlines() if "error:" in line]
         assert len(errors) == 1 and says in errors[0], res.stderr
         assert not (tmp_path / "refused").exists()
+
+
+def test_the_hybrid_teacher_term_is_the_kl_divergence_over_the_corpus_and_changes_training(trainable_model_dir, tmp_path):  # noqa: F811
+    import torch
+
+    from embedtune.lexical import bm25_index
+    from embedtune.mining.teachers import hybrid_teacher_rows
+    from embedtune.query_side import _CorpusTeacher
+
+    cfg = _cfg(trainable_model_dir, hybrid_teacher={"bm25_weight": 0.5, "stats_depth": 3})
+    base = load_model(trainable_model_dir)
+    docs = torch.from_numpy(encode_texts(base, TEXTS, precision="fp32", show_progress=False))
+    queries = ["vitamin d cancer", "blood pressure and salt", "heart fish"]
+    teacher = _CorpusTeacher(cfg, base, ["q0", "q1", "q2"], queries, TEXTS, docs)
+    logits = torch.tensor([[3.0, 1.0, 0.0, -1.0, 0.5, 2.0], [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]])
+    # by hand: sum_d p_t(d) * (log p_t(d) - log p_model(d)), averaged over the two queries
+    target = cfg.loss.scale * hybrid_teacher_rows(teacher.queries[[0, 2]] @ docs.numpy().T, [queries[0], queries[2]],
+                                                  bm25_index(TEXTS), 0.5, 3)
+    p_t = np.exp(target - target.max(1, keepdims=True))
+    p_t /= p_t.sum(1, keepdims=True)
+    log_p = logits.numpy() - np.log(np.exp(logits.numpy()).sum(1, keepdims=True))
+    expected = float(np.mean((p_t * (np.log(p_t) - log_p)).sum(1)))
+    assert teacher.kl([0, 2], logits).item() == pytest.approx(expected, rel=1e-4)
+    assert expected > 0.1  # the teacher's rows are not the model's: the term has something to teach
+
+    mined = make_mined(tmp_path / "mined", n_queries=30, distinct=True)
+    plain_cfg = _cfg(trainable_model_dir, epochs=3, dev={"enabled": False})
+    train_model(plain_cfg, mined, tmp_path / "plain", progress=False)
+    train_model(plain_cfg.model_copy(update={"hybrid_teacher": cfg.hybrid_teacher}), mined, tmp_path / "taught", progress=False)
+    plain, taught = (query_adapter(load_model(str(tmp_path / f / "model"))).linear.weight.detach().numpy() for f in ("plain", "taught"))
+    assert np.abs(plain - taught).max() > 1e-3
+    with pytest.raises(ValidationError, match="needs side 'query'"):
+        TrainConfig.model_validate({"model": {"name": trainable_model_dir}, "hybrid_teacher": {}})

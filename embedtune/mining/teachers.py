@@ -106,13 +106,42 @@ class HybridTeacher(Teacher):
             if scores is None:
                 continue  # no lexical evidence: BM25 adds nothing to this query's scores
             if qi not in self.bm25_stats:
-                top = np.partition(scores[: self.n_pool], self.n_pool - self.depth)[self.n_pool - self.depth :]
-                self.bm25_stats[qi] = (float(top.mean()), float(top.std()))
-            mean, std = self.bm25_stats[qi]
-            if std > 0:
-                z_bm25[group] = (scores[d_idx[group]] - mean) / std
+                self.bm25_stats[qi] = top_stats(scores[: self.n_pool], self.depth)
+            z_bm25[group] = standardise(scores[d_idx[group]], self.bm25_stats[qi])
         lexical = self.cos_mean[q_idx] + self.cos_std[q_idx] * z_bm25
-        return ((1 - self.weight) * cos + self.weight * lexical).astype(np.float32)
+        return fuse(cos, lexical, self.weight)
+
+
+def top_stats(scores: np.ndarray, depth: int) -> tuple[float, float]:
+    """Mean and spread of the ``depth`` highest of one query's scores."""
+    top = np.partition(scores, len(scores) - depth)[len(scores) - depth :]
+    return float(top.mean()), float(top.std())
+
+
+def standardise(scores: np.ndarray, stats: tuple[float, float]) -> np.ndarray:
+    mean, std = stats
+    return (scores - mean) / std if std > 0 else np.zeros(len(scores), np.float64)
+
+
+def fuse(cos: np.ndarray, lexical: np.ndarray, bm25_weight: float) -> np.ndarray:
+    return ((1 - bm25_weight) * cos + bm25_weight * lexical).astype(np.float32)
+
+
+def hybrid_teacher_rows(cos: np.ndarray, query_texts: list[str], bm25: Any, bm25_weight: float, depth: int) -> np.ndarray:
+    """The hybrid teacher's score of each query against every document BM25 indexes: ``cos`` holds the
+    base model's cosines (queries x documents, in the index's order). The same scores as
+    :meth:`HybridTeacher.score` gives those pairs when its pool is that corpus; computed a row at a
+    time, for query-side distillation over the whole corpus (``train.hybrid_teacher``)."""
+    from ..lexical import bm25_scores
+
+    depth = min(depth, cos.shape[1])
+    out = np.empty(cos.shape, np.float32)
+    for i, (row, text) in enumerate(zip(cos, query_texts)):
+        cos_mean, cos_std = top_stats(row, depth)
+        scores = bm25_scores(bm25, text)
+        z = np.zeros(len(row)) if scores is None else standardise(scores, top_stats(scores, depth))
+        out[i] = fuse(row, cos_mean + cos_std * z, bm25_weight)
+    return out
 
 
 

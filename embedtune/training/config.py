@@ -35,6 +35,18 @@ class DevConfig(StrictModel):
 
 
 
+class CorpusTeacherConfig(StrictModel):
+    """Query-side distillation: mining's hybrid teacher (BM25 fused with the base model's cosine) scores
+    each training query against the whole corpus, and the KL divergence between its softmax and the
+    model's is added to the contrastive loss. Labels say which documents are relevant; the teacher
+    grades all the others, including relevant pages nobody judged."""
+
+    weight: float = Field(1.0, gt=0, description="Weight of the KL term beside the contrastive loss (1: equal).")
+    bm25_weight: float = Field(0.5, gt=0, lt=1, description="Weight of BM25 in the teacher's fusion (dense gets 1 - weight).")
+    stats_depth: int = Field(100, ge=2, description="Each score is standardised by the mean/spread of the query's top this many.")
+
+
+
 class TrainConfig(StrictModel):
     """The train stage: model, loss, data shaping, optimisation, dev evaluation."""
 
@@ -85,6 +97,10 @@ class TrainConfig(StrictModel):
         "adapter", description="side query: adapter = a linear map on the query embedding (seconds; try learning_rate "
         "1e-3); encoder = a trainable copy of the encoder for queries only (minutes; learning_rate ~3e-5).",
     )
+    hybrid_teacher: CorpusTeacherConfig | None = Field(
+        None, description="side query: also distil the hybrid teacher's scores of each training query over the whole corpus "
+        "(KL, both softmaxes at loss.scale); eval/results/query_side.md.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -94,6 +110,8 @@ class TrainConfig(StrictModel):
             raise ValueError("loss gist takes (query, positive) pairs or one hard negative: set negatives_per_query to 0 or 1")
         if self.side == "query" and (self.loss.name != "mnrl" or self.rounds > 1 or self.loss.matryoshka_dims):
             raise ValueError("side 'query' trains a query adapter with loss mnrl, one round, no matryoshka_dims")
+        if self.hybrid_teacher is not None and self.side != "query":
+            raise ValueError("hybrid_teacher distils over the whole corpus and needs side 'query'")
         if self.precision == "fp16":
             import torch
 
