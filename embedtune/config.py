@@ -40,6 +40,14 @@ class ModelConfig(StrictModel):
     trust_remote_code: bool = Field(False, description="Run code shipped with a model. Off unless asked for.")
 
 
+class HybridScoreConfig(StrictModel):
+    """How the hybrid teacher scores (``embedtune.mining.teachers``): BM25 standardised over the query's
+    top documents, fused with the base model's cosine. Mining's teacher and query-side distillation share it."""
+
+    bm25_weight: float = Field(0.5, gt=0, lt=1, description="Weight of BM25 in the fusion (dense gets 1 - weight).")
+    stats_depth: int = Field(100, ge=2, description="Each score is standardised by the mean/spread of the query's top this many.")
+
+
 class ChunkingConfig(StrictModel):
     """How long documents are split into passages (in tokens of the model)."""
 

@@ -220,12 +220,11 @@ class _CorpusTeacher:
     query, the target of a KL term. Rows are computed per batch (a query's BM25 row and the base
     model's cosines), not stored: queries x documents floats would not fit for a large corpus."""
 
-    def __init__(self, cfg: Any, base: "LoadedModel", qids: list[str], qtexts: list[str], doc_texts: list[str], docs: Any) -> None:
-        from .encoding import encode_queries
+    def __init__(self, cfg: Any, queries: np.ndarray, qtexts: list[str], doc_texts: list[str], docs: Any) -> None:
+        """``queries``: the base model's vectors of ``qtexts``; ``docs``: its vectors of ``doc_texts``."""
         from .lexical import bm25_index
 
-        self.cfg, self.texts, self.docs = cfg, qtexts, docs
-        self.queries = np.asarray(encode_queries(base, cfg.model, qids, qtexts))
+        self.cfg, self.queries, self.texts, self.docs = cfg, queries, qtexts, docs
         self.bm25 = bm25_index(doc_texts)
 
     def kl(self, rows: list[int], logits: Any) -> Any:
@@ -263,12 +262,16 @@ def train_query_side(cfg: Any, corpus: dict[str, str], queries: dict[str, str], 
     base = load_model(cfg.model)
     doc_ids = list(corpus)
     doc_row = {d: i for i, d in enumerate(doc_ids)}
-    docs = torch.from_numpy(np.array(encode_corpus(base, cfg.model, doc_ids, [corpus[d] for d in doc_ids], show_progress=progress)))
+    doc_texts = [corpus[d] for d in doc_ids]
+    docs = torch.from_numpy(np.array(encode_corpus(base, cfg.model, doc_ids, doc_texts, show_progress=progress)))
     qids = sorted(queries)
     qtexts = [queries[q] for q in qids]
     positives = [sorted(doc_row[d] for d in relevant[q]) for q in qids]
+    base_queries = None  # the base model's query vectors: the adapter's input and the teacher's cosines
+    if cfg.query_side == "adapter" or cfg.hybrid_teacher:
+        base_queries = np.array(encode_queries(base, cfg.model, qids, qtexts))
     if cfg.query_side == "adapter":
-        side: Any = _Adapter(base, torch.from_numpy(np.array(encode_queries(base, cfg.model, qids, qtexts))))
+        side: Any = _Adapter(base, torch.from_numpy(base_queries))
     else:
         side = _Encoder(base, precision, cfg.model.query_prompt)
 
@@ -282,7 +285,7 @@ def train_query_side(cfg: Any, corpus: dict[str, str], queries: dict[str, str], 
         # against the whole corpus, not the dev sample: its vectors are already here
         dev_vectors = torch.from_numpy(np.array(encode_queries(base, cfg.model, dev_ids, dev_texts)))
 
-    teacher = _CorpusTeacher(cfg, base, qids, qtexts, [corpus[d] for d in doc_ids], docs) if cfg.hybrid_teacher else None
+    teacher = _CorpusTeacher(cfg, base_queries, qtexts, doc_texts, docs) if cfg.hybrid_teacher else None
     optimizer = torch.optim.AdamW(side.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
     epochs = max(1, round(cfg.epochs))
     batches = [list(range(i, min(i + cfg.batch_size, len(qids)))) for i in range(0, len(qids), cfg.batch_size)]

@@ -236,7 +236,7 @@ def test_the_hybrid_teacher_term_is_the_kl_divergence_over_the_corpus_and_change
     base = load_model(trainable_model_dir)
     docs = torch.from_numpy(encode_texts(base, TEXTS, precision="fp32", show_progress=False))
     queries = ["vitamin d cancer", "blood pressure and salt", "heart fish"]
-    teacher = _CorpusTeacher(cfg, base, ["q0", "q1", "q2"], queries, TEXTS, docs)
+    teacher = _CorpusTeacher(cfg, encode_texts(base, queries, precision="fp32", show_progress=False), queries, TEXTS, docs)
     logits = torch.tensor([[3.0, 1.0, 0.0, -1.0, 0.5, 2.0], [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]])
     # by hand: sum_d p_t(d) * (log p_t(d) - log p_model(d)), averaged over the two queries
     target = cfg.loss.scale * hybrid_teacher_rows(teacher.queries[[0, 2]] @ docs.numpy().T, [queries[0], queries[2]],

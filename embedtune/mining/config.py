@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ..config import ModelConfig, StrictModel
+from ..config import HybridScoreConfig, ModelConfig, StrictModel
 from ..pairs import SelfPairsConfig
 from ..search import BackendName
 
@@ -29,12 +29,10 @@ class CrossEncoderConfig(StrictModel):
 
 
 
-class HybridTeacherConfig(StrictModel):
+class HybridTeacherConfig(HybridScoreConfig):
     """BM25 + the mining model's cosine as the teacher: GPL-style pseudo-labels (teacher scores for
     MarginMSE, false-negative filter) where no cross-encoder is at hand."""
 
-    bm25_weight: float = Field(0.5, gt=0, lt=1, description="Weight of BM25 in the fusion (dense gets 1 - weight).")
-    stats_depth: int = Field(100, ge=2, description="Each score is standardised by the mean/spread of the query's top this many.")
     margin: float = Field(
         0.0, description="Drop a candidate the teacher scores above (its score of the reference positive - margin)."
     )

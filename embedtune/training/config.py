@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ..config import ModelConfig, Precision, StrictModel
+from ..config import HybridScoreConfig, ModelConfig, Precision, StrictModel
 from ..precision import resolve_precision
 from ..losses import TEACHER_LOSSES, LossConfig
 
@@ -35,15 +35,13 @@ class DevConfig(StrictModel):
 
 
 
-class CorpusTeacherConfig(StrictModel):
+class CorpusTeacherConfig(HybridScoreConfig):
     """Query-side distillation: mining's hybrid teacher (BM25 fused with the base model's cosine) scores
     each training query against the whole corpus, and the KL divergence between its softmax and the
     model's is added to the contrastive loss. Labels say which documents are relevant; the teacher
     grades all the others, including relevant pages nobody judged."""
 
     weight: float = Field(1.0, gt=0, description="Weight of the KL term beside the contrastive loss (1: equal).")
-    bm25_weight: float = Field(0.5, gt=0, lt=1, description="Weight of BM25 in the teacher's fusion (dense gets 1 - weight).")
-    stats_depth: int = Field(100, ge=2, description="Each score is standardised by the mean/spread of the query's top this many.")
 
 
 
