@@ -256,3 +256,6 @@ def test_the_hybrid_teacher_term_is_the_kl_divergence_over_the_corpus_and_change
     assert np.abs(plain - taught).max() > 1e-3
     with pytest.raises(ValidationError, match="needs side 'query'"):
         TrainConfig.model_validate({"model": {"name": trainable_model_dir}, "hybrid_teacher": {}})
+    for bad in ({"weight": 0}, {"bm25_weight": 1.0}, {"stats_depth": 1}):
+        with pytest.raises(ValidationError, match=f"hybrid_teacher.{next(iter(bad))}"):
+            _cfg(trainable_model_dir, hybrid_teacher=bad)
