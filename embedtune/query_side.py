@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -247,8 +247,9 @@ def train_query_side(cfg: Any, corpus: dict[str, str], queries: dict[str, str], 
 
     ``cfg`` is a :class:`embedtune.training.TrainConfig` (training calls this; this module does
     not import it back). ``queries`` / ``relevant``: the training queries and the ids of their
-    relevant documents, all in ``corpus``; ``dev_*`` the same for dev, or None. Returns the best
-    dev score, the base model's, the curve, the steps and the seconds.
+    relevant documents, all in ``corpus``; ``dev_*`` the same for dev, or None. A query with no
+    relevant document (an unlabeled query) is taught by ``cfg.hybrid_teacher`` alone, which it then
+    needs. Returns the best dev score, the base model's, the curve, the steps and the seconds.
     """
     import torch
 
@@ -266,7 +267,11 @@ def train_query_side(cfg: Any, corpus: dict[str, str], queries: dict[str, str], 
     docs = torch.from_numpy(np.array(encode_corpus(base, cfg.model, doc_ids, doc_texts, show_progress=progress)))
     qids = sorted(queries)
     qtexts = [queries[q] for q in qids]
-    positives = [sorted(doc_row[d] for d in relevant[q]) for q in qids]
+    positives = [sorted(doc_row[d] for d in relevant.get(q, ())) for q in qids]
+    labeled = torch.tensor([bool(p) for p in positives])
+    if not cfg.hybrid_teacher and not labeled.all():
+        raise ConfigError(f"{int((~labeled).sum())} training queries have no relevant document: an unlabeled query "
+                          "needs train.hybrid_teacher to learn from", field="train.hybrid_teacher")
     base_queries = None  # the base model's query vectors: the adapter's input and the teacher's cosines
     if cfg.query_side == "adapter" or cfg.hybrid_teacher:
         base_queries = np.array(encode_queries(base, cfg.model, qids, qtexts))
@@ -306,10 +311,13 @@ def train_query_side(cfg: Any, corpus: dict[str, str], queries: dict[str, str], 
             relevant = torch.zeros_like(logits, dtype=torch.bool)
             for r, i in enumerate(idx):
                 relevant[r, positives[i]] = True
-            # each relevant document against every non-relevant one: -log p(pos | pos + negatives)
+            # each relevant document against every non-relevant one: -log p(pos | pos + negatives),
+            # averaged over the labeled queries of the batch
             negatives = torch.logsumexp(logits.masked_fill(relevant, float("-inf")), dim=1, keepdim=True)
             per_doc = torch.nn.functional.softplus(negatives - logits)
-            loss = ((per_doc * relevant).sum(1) / relevant.sum(1)).mean()
+            with_labels = labeled[idx]
+            loss = ((per_doc * relevant).sum(1)[with_labels] / relevant.sum(1)[with_labels]).mean() if with_labels.any() \
+                else logits.new_zeros(())
             if teacher is not None:
                 loss = loss + cfg.hybrid_teacher.weight * teacher.kl(idx, logits)
             optimizer.zero_grad()

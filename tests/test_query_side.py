@@ -259,3 +259,33 @@ def test_the_hybrid_teacher_term_is_the_kl_divergence_over_the_corpus_and_change
     for bad in ({"weight": 0}, {"bm25_weight": 1.0}, {"stats_depth": 1}):
         with pytest.raises(ValidationError, match=f"hybrid_teacher.{next(iter(bad))}"):
             _cfg(trainable_model_dir, hybrid_teacher=bad)
+
+
+def test_unlabeled_queries_learn_from_the_teacher_alone_and_need_it(trainable_model_dir, tmp_path):  # noqa: F811
+    import torch
+
+    from embedtune.errors import ConfigError
+    from embedtune.query_side import _CorpusTeacher, train_query_side
+
+    corpus = {f"d{i}": t for i, t in enumerate(TEXTS)}
+    texts = ["vitamin d cancer", "blood pressure and salt", "heart fish", "array sum"]
+    queries = {f"q{i}": t for i, t in enumerate(texts)}
+    cfg = _cfg(trainable_model_dir, hybrid_teacher={"bm25_weight": 0.5, "stats_depth": 3}, max_steps=1, batch_size=8)
+    with pytest.raises(ConfigError, match="no relevant document") as err:
+        train_query_side(cfg.model_copy(update={"hybrid_teacher": None}), corpus, queries, {}, None, None, tmp_path / "refused",
+                         precision="fp32", progress=False)
+    assert err.value.field == "train.hybrid_teacher" and not (tmp_path / "refused").exists()
+
+    # one step from the identity adapter: the loss recorded is the teacher's KL alone, no contrastive term
+    out = train_query_side(cfg, corpus, queries, {}, None, None, tmp_path / "unlabeled", precision="fp32", progress=False)
+    base = load_model(trainable_model_dir)
+    docs = torch.from_numpy(encode_texts(base, TEXTS, precision="fp32", show_progress=False))
+    qv = encode_texts(base, texts, precision="fp32", show_progress=False)
+    teacher = _CorpusTeacher(cfg, qv, texts, TEXTS, docs)
+    kl = teacher.kl(list(range(4)), cfg.loss.scale * torch.from_numpy(qv) @ docs.T).item()
+    assert out["curve"]["loss"][0]["loss"] == pytest.approx(kl, rel=1e-4) and kl > 0.01
+    # a labeled query beside them adds its contrastive term
+    labeled = train_query_side(cfg, corpus, queries, {"q0": {"d0"}}, None, None, tmp_path / "mixed", precision="fp32", progress=False)
+    assert labeled["curve"]["loss"][0]["loss"] > out["curve"]["loss"][0]["loss"] + 1e-3
+    moved = query_adapter(load_model(str(tmp_path / "unlabeled"))).linear.weight.detach().numpy()
+    assert np.abs(moved - np.eye(moved.shape[0])).max() > 1e-4
