@@ -190,13 +190,8 @@ class _Encoder:
     def embed(self, rows: list[int], texts: list[str]) -> Any:
         import torch
 
-        from .training.trainer import PAD_TO_MULTIPLE_OF
-
         self.model.train()
-        # padded as the trainer pads its batches: CPU kernels and allocations are kept per sequence length, and
-        # queries of every length (ICT sentences) grew with each new one (60 steps: 5.77 -> 5.27 GB, memory.md)
-        features = self.model.preprocess([self.prompt + t for t in texts],
-                                         processing_kwargs={"text": {"pad_to_multiple_of": PAD_TO_MULTIPLE_OF}})
+        features = self.model.preprocess([self.prompt + t for t in texts])
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         with torch.autocast(device_type=self.model.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             out = self.model(features)["sentence_embedding"]

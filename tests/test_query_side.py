@@ -289,20 +289,3 @@ def test_unlabeled_queries_learn_from_the_teacher_alone_and_need_it(trainable_mo
     assert labeled["curve"]["loss"][0]["loss"] > out["curve"]["loss"][0]["loss"] + 1e-3
     moved = query_adapter(load_model(str(tmp_path / "unlabeled"))).linear.weight.detach().numpy()
     assert np.abs(moved - np.eye(moved.shape[0])).max() > 1e-4
-
-
-def test_the_query_encoder_pads_its_batches_as_the_trainer_does(trainable_model_dir):  # noqa: F811
-    from embedtune.query_side import _Encoder
-    from embedtune.training.trainer import PAD_TO_MULTIPLE_OF
-
-    texts = ["vitamin d", "salt intake raises blood pressure in adults"]
-    encoder = _Encoder(load_model(trainable_model_dir), "fp32", "")
-    shapes = []
-    forward = encoder.model.forward
-    encoder.model.forward = lambda features, **kw: shapes.append(tuple(features["input_ids"].shape)) or forward(features, **kw)
-    encoder.model.eval()
-    encoder.model.train = lambda mode=True: encoder.model  # keep dropout off to compare vectors
-    vectors = encoder.embed([0, 1], texts).detach().numpy()
-    assert shapes == [(2, PAD_TO_MULTIPLE_OF)]
-    # the padding changes no vector: the attention mask and mean pooling skip it
-    np.testing.assert_allclose(vectors, encode_texts(load_model(trainable_model_dir), texts, precision="fp32", show_progress=False), atol=1e-5)
