@@ -78,17 +78,18 @@ class SelectConfig(StrictModel):
 def _search(model: "LoadedModel | SentenceTransformer", cfg: ModelConfig, queries: dict[str, str], corpus: dict[str, str],
             doc_vectors: dict[int, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
     """Each query's top 100 documents. ``doc_vectors`` (given for the base and query-side candidates,
-    whose documents all go through the base encoder) keeps the corpus vectors by corpus: encoded once."""
-    from .encoding import encode_texts
+    whose documents all go through the base encoder) keeps the corpus vectors by corpus: read from the
+    embedding cache (training's query side filled it for the mined corpus) or encoded and cached once."""
+    from .encoding import encode_corpus, encode_texts
     from .search import exact_search
 
     doc_ids = list(corpus)
     docs = None if doc_vectors is None else doc_vectors.get(id(corpus))
+    if docs is None and doc_vectors is not None:  # the base encoder's documents: the embedding cache training filled
+        docs = doc_vectors[id(corpus)] = encode_corpus(model, cfg, doc_ids, [corpus[d] for d in doc_ids], show_progress=False)
     if docs is None:
         docs = encode_texts(model, [corpus[d] for d in doc_ids], prompt=cfg.document_prompt, batch_size=cfg.batch_size,
                             precision=cfg.precision, show_progress=False)
-        if doc_vectors is not None:
-            doc_vectors[id(corpus)] = docs
     qids = list(queries)
     qv = encode_texts(model, [queries[q] for q in qids], prompt=cfg.query_prompt, batch_size=cfg.batch_size,
                       precision=cfg.precision, show_progress=False, task="query")

@@ -242,6 +242,9 @@ def test_held_out_dev_queries_are_seeded_and_searched_in_the_full_corpus(tmp_pat
         assert relevant and relevant <= set(a.corpus)
     d = make_dev_split(data, _cfg("unused", dev={"source": None, "corpus_max_docs": 30}, seed=1))
     assert len(d.corpus) == 30 and all(r <= set(d.corpus) for r in d.relevant.values())
+    # the query side searches the base model's cached vectors: the whole corpus, whatever corpus_max_docs says
+    q = make_dev_split(data, _cfg("unused", dev={"source": None, "corpus_max_docs": 30}, side="query", seed=1))
+    assert len(q.corpus) == 100 and q.queries == d.queries
 
 
 def test_a_benchmark_dev_split_is_used_but_never_the_test_split(tmp_path):

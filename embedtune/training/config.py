@@ -25,7 +25,8 @@ class DevConfig(StrictModel):
     corpus_max_docs: int | None = Field(
         None, gt=0,
         description="Evaluate against a seeded sample of the corpus (always keeping the dev queries' relevant and "
-        "mined negative documents) to make each evaluation cheaper. Unset: the full corpus.",
+        "mined negative documents) to make each evaluation cheaper. Unset: the full corpus. Not with side 'query', "
+        "whose models search the base model's cached corpus vectors: always the full corpus.",
     )
     eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps. Unset: 'evaluations' times per run.")
     evaluations: int = Field(4, gt=0, description="How many evaluations over the run when eval_steps is unset.")
