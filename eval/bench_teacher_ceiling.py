@@ -63,6 +63,15 @@ def split_queries(folder: Path, train_split: str, dev_cfg, seed: int) -> tuple[d
 
 
 def main() -> None:
+    from embedtune.errors import EmbedtuneError
+
+    try:
+        run()
+    except EmbedtuneError as err:  # a bad config or data path: one line, as the CLI prints it
+        sys.exit(f"error: {err}")
+
+
+def run() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="a query-side recipe (train.side: query); its data, model and train sections are used")
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench_teacher_ceiling"), help="folder for the trained model")
