@@ -257,6 +257,10 @@ def train_query_side(cfg: Any, corpus: dict[str, str], queries: dict[str, str], 
     from .io import save_model_atomically
     from .models import load_model
 
+    unlabeled = sum(1 for q in queries if not relevant.get(q))
+    if unlabeled and not cfg.hybrid_teacher:  # before the model loads and the corpus is encoded
+        raise ConfigError(f"{unlabeled} training queries have no relevant document: an unlabeled query "
+                          "needs train.hybrid_teacher to learn from", field="train.hybrid_teacher")
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -269,9 +273,6 @@ def train_query_side(cfg: Any, corpus: dict[str, str], queries: dict[str, str], 
     qtexts = [queries[q] for q in qids]
     positives = [sorted(doc_row[d] for d in relevant.get(q, ())) for q in qids]
     labeled = torch.tensor([bool(p) for p in positives])
-    if not cfg.hybrid_teacher and not labeled.all():
-        raise ConfigError(f"{int((~labeled).sum())} training queries have no relevant document: an unlabeled query "
-                          "needs train.hybrid_teacher to learn from", field="train.hybrid_teacher")
     base_queries = None  # the base model's query vectors: the adapter's input and the teacher's cosines
     if cfg.query_side == "adapter" or cfg.hybrid_teacher:
         base_queries = np.array(encode_queries(base, cfg.model, qids, qtexts))
